@@ -1,0 +1,55 @@
+//! Argument parsing and dispatch: one module per subcommand.
+
+mod info;
+mod score;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "crispr", version, about = "Find and remove bias neurons in instruction-following language models")]
+struct Cli {
+    /// Worker threads for matrix products (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture, sizes, neuron-universe sizes and chat template of a model.
+    Info(info::InfoArgs),
+    /// Teacher-forced log-probabilities of candidate answers (JSONL in, JSONL out).
+    Score(score::ScoreArgs),
+    /// Greedy generation for one prompt.
+    Generate(score::GenerateArgs),
+}
+
+/// How a model is named on the command line.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Checkpoint directory, .gguf file, or Hub id org/name[@revision]. Default: SmolLM2-135M-Instruct.
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<crispr::loader::LoadedModel> {
+        let path: PathBuf = crispr::resolve::resolve_model(self.model.as_deref())?;
+        crispr::loader::load(&path).with_context(|| "loading the model".to_string())
+    }
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().context("starting the thread pool")?;
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Generate(a) => score::run_generate(a),
+    }
+}

@@ -1,0 +1,21 @@
+//! `crispr`: find and remove bias neurons in instruction-following language models
+//! (Yang et al., "Mitigating Biases for Instruction-following Language Models via Bias Neurons
+//! Elimination", ACL 2024).
+//!
+//! Layers, bottom up: [`tensor`] (matmul on strided buffers) → [`model`] (forward and hand-written
+//! backward with a hook at every linear output) → [`gguf`] / [`weights`] / [`text`] / [`loader`]
+//! (reading checkpoints and tokenizers) → [`score`] (candidate log-probabilities, generation,
+//! gradients of a candidate's log-probability) → the `crispr` command line.
+
+pub mod error;
+pub mod gguf;
+pub mod loader;
+pub mod model;
+pub mod resolve;
+pub mod score;
+pub mod sys;
+pub mod tensor;
+pub mod text;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,641 @@
+//! Decoder-only transformers of the Llama family (Llama 2/3, SmolLM2, Mistral, Qwen2).
+//!
+//! Forward and backward are written out by hand. The backward pass returns the gradient of a
+//! scalar objective with respect to every linear output (`q, k, v, o, gate, up, down` of every
+//! layer) in one sweep, and never forms a weight gradient.
+//!
+//! Conventions: activations are row-major `[tokens × width]`; weights are row-major
+//! `[out × in]` in the transformers layout (rotate-half RoPE, so GGUF q/k rows are un-permuted
+//! on load).
+
+use rayon::prelude::*;
+
+use crate::model::{LlamaConfig, ModuleId, Proj, RopeScaling};
+use crate::tensor::{linear, linear_backward_into, matmul_serial, Float, Mat, MatMut};
+
+/// One linear layer, weight `[out × in]`, optional bias `[out]`.
+#[derive(Clone, Debug)]
+pub struct Linear<F> {
+    pub weight: Vec<F>,
+    pub bias: Option<Vec<F>>,
+    pub out_dim: usize,
+    pub in_dim: usize,
+}
+
+impl<F: Float> Linear<F> {
+    pub fn forward(&self, x: &[F], tokens: usize) -> Vec<F> {
+        linear(x, tokens, &self.weight, self.bias.as_deref(), self.out_dim)
+    }
+
+    pub fn backward_into(&self, dx: &mut [F], dy: &[F], tokens: usize) {
+        linear_backward_into(dx, dy, tokens, &self.weight, self.out_dim);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Layer<F> {
+    pub attn_norm: Vec<F>,
+    pub q: Linear<F>,
+    pub k: Linear<F>,
+    pub v: Linear<F>,
+    pub o: Linear<F>,
+    pub mlp_norm: Vec<F>,
+    pub gate: Linear<F>,
+    pub up: Linear<F>,
+    pub down: Linear<F>,
+}
+
+impl<F> Layer<F> {
+    pub fn proj(&self, p: Proj) -> &Linear<F> {
+        match p {
+            Proj::Q => &self.q,
+            Proj::K => &self.k,
+            Proj::V => &self.v,
+            Proj::O => &self.o,
+            Proj::Gate => &self.gate,
+            Proj::Up => &self.up,
+            Proj::Down => &self.down,
+        }
+    }
+
+    pub fn proj_mut(&mut self, p: Proj) -> &mut Linear<F> {
+        match p {
+            Proj::Q => &mut self.q,
+            Proj::K => &mut self.k,
+            Proj::V => &mut self.v,
+            Proj::O => &mut self.o,
+            Proj::Gate => &mut self.gate,
+            Proj::Up => &mut self.up,
+            Proj::Down => &mut self.down,
+        }
+    }
+}
+
+/// A Llama-family model with weights in `F`.
+#[derive(Clone, Debug)]
+pub struct LlamaModel<F> {
+    pub cfg: LlamaConfig,
+    /// `[vocab × hidden]`
+    pub embed: Vec<F>,
+    pub layers: Vec<Layer<F>>,
+    pub final_norm: Vec<F>,
+    /// `None` when the output projection is tied to the embedding.
+    pub lm_head: Option<Vec<F>>,
+    rope: RopeTable,
+}
+
+/// Keys (after RoPE) and values of the positions seen so far, per layer.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache<F> {
+    layers: Vec<(Vec<F>, Vec<F>)>,
+    len: usize,
+}
+
+impl<F: Float> KvCache<F> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forget every position from `len` on (used to score several continuations of one prompt).
+    pub fn truncate(&mut self, len: usize, kv_width: usize) {
+        if len >= self.len {
+            return;
+        }
+        for (k, v) in &mut self.layers {
+            k.truncate(len * kv_width);
+            v.truncate(len * kv_width);
+        }
+        self.len = len;
+    }
+}
+
+/// Activations kept by a traced forward pass for the backward pass.
+pub struct Trace<F> {
+    tokens: usize,
+    layers: Vec<LayerTrace<F>>,
+    /// Residual stream entering the final norm.
+    final_in: Vec<F>,
+    final_inv_rms: Vec<F>,
+    /// Output of the final norm, `[tokens × hidden]`.
+    pub hidden: Vec<F>,
+}
+
+struct LayerTrace<F> {
+    x_in: Vec<F>,
+    inv_rms1: Vec<F>,
+    /// Linear outputs as seen by the rest of the network (after any forward hook).
+    q: Vec<F>,
+    k: Vec<F>,
+    v: Vec<F>,
+    q_rot: Vec<F>,
+    k_rot: Vec<F>,
+    /// Attention probabilities `[heads × tokens × tokens]`.
+    probs: Vec<F>,
+    o: Vec<F>,
+    x_mid: Vec<F>,
+    inv_rms2: Vec<F>,
+    gate: Vec<F>,
+    up: Vec<F>,
+    down: Vec<F>,
+}
+
+/// Called with every linear output right after it is computed (`[tokens × out]`); may modify it.
+pub type ForwardHook<'a, F> = &'a mut dyn FnMut(ModuleId, &mut [F]);
+
+/// Receives, for every hooked module, its activation and the objective's gradient with respect to
+/// it (`[tokens × out]` each) during the backward pass.
+pub type GradVisitor<'a, F> = &'a mut dyn FnMut(ModuleId, &[F], &[F]);
+
+impl<F: Float> LlamaModel<F> {
+    pub fn new(
+        cfg: LlamaConfig,
+        embed: Vec<F>,
+        layers: Vec<Layer<F>>,
+        final_norm: Vec<F>,
+        lm_head: Option<Vec<F>>,
+    ) -> Self {
+        let rope = RopeTable::new(&cfg);
+        LlamaModel { cfg, embed, layers, final_norm, lm_head, rope }
+    }
+
+    pub fn new_cache(&self) -> KvCache<F> {
+        KvCache { layers: vec![(Vec::new(), Vec::new()); self.layers.len()], len: 0 }
+    }
+
+    fn kv_width(&self) -> usize {
+        self.cfg.num_kv_heads * self.cfg.head_dim
+    }
+
+    /// Truncate a cache of this model back to `len` positions.
+    pub fn truncate_cache(&self, cache: &mut KvCache<F>, len: usize) {
+        cache.truncate(len, self.kv_width());
+    }
+
+    fn embed_tokens(&self, tokens: &[u32]) -> Vec<F> {
+        let d = self.cfg.hidden_size;
+        let mut x = Vec::with_capacity(tokens.len() * d);
+        for &t in tokens {
+            let t = t as usize;
+            x.extend_from_slice(&self.embed[t * d..(t + 1) * d]);
+        }
+        x
+    }
+
+    /// Run `tokens` after the positions already in `cache`, appending to it. Returns the output of
+    /// the final norm for the new positions, `[tokens × hidden]`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<F>, hook: Option<ForwardHook<'_, F>>) -> Vec<F> {
+        self.run(tokens, cache, hook, None)
+    }
+
+    /// Forward over a whole sequence, keeping what the backward pass needs.
+    pub fn forward_traced(&self, tokens: &[u32], hook: Option<ForwardHook<'_, F>>) -> Trace<F> {
+        let mut cache = self.new_cache();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        let (final_in, final_inv_rms, hidden) = self.run_inner(tokens, &mut cache, hook, Some(&mut layers));
+        Trace { tokens: tokens.len(), layers, final_in, final_inv_rms, hidden }
+    }
+
+    fn run(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<F>,
+        hook: Option<ForwardHook<'_, F>>,
+        traces: Option<&mut Vec<LayerTrace<F>>>,
+    ) -> Vec<F> {
+        self.run_inner(tokens, cache, hook, traces).2
+    }
+
+    fn run_inner(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<F>,
+        mut hook: Option<ForwardHook<'_, F>>,
+        mut traces: Option<&mut Vec<LayerTrace<F>>>,
+    ) -> (Vec<F>, Vec<F>, Vec<F>) {
+        let n = tokens.len();
+        let mut x = self.embed_tokens(tokens);
+        let pos0 = cache.len;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (k_cache, v_cache) = &mut cache.layers[l];
+            let t = self.layer_forward(l, layer, &mut x, n, pos0, k_cache, v_cache, &mut hook);
+            if let Some(tr) = traces.as_deref_mut() {
+                tr.push(t);
+            }
+        }
+        cache.len += n;
+        let (hidden, inv) = rms_norm(&x, &self.final_norm, self.cfg.rms_norm_eps);
+        (x, inv, hidden)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        l: usize,
+        layer: &Layer<F>,
+        x: &mut [F],
+        n: usize,
+        pos0: usize,
+        k_cache: &mut Vec<F>,
+        v_cache: &mut Vec<F>,
+        hook: &mut Option<ForwardHook<'_, F>>,
+    ) -> LayerTrace<F> {
+        let cfg = &self.cfg;
+        let mut apply = |proj: Proj, y: &mut Vec<F>| {
+            if let Some(h) = hook.as_mut() {
+                h(ModuleId { layer: l, proj }, y);
+            }
+        };
+        let x_in = x.to_vec();
+        let (h, inv_rms1) = rms_norm(x, &layer.attn_norm, cfg.rms_norm_eps);
+        let mut q = layer.q.forward(&h, n);
+        apply(Proj::Q, &mut q);
+        let mut k = layer.k.forward(&h, n);
+        apply(Proj::K, &mut k);
+        let mut v = layer.v.forward(&h, n);
+        apply(Proj::V, &mut v);
+
+        let mut q_rot = q.clone();
+        self.rope.apply(&mut q_rot, n, cfg.num_heads, cfg.head_dim, pos0, false);
+        let mut k_rot = k.clone();
+        self.rope.apply(&mut k_rot, n, cfg.num_kv_heads, cfg.head_dim, pos0, false);
+        k_cache.extend_from_slice(&k_rot);
+        v_cache.extend_from_slice(&v);
+
+        let (attn, probs) = self.attention(&q_rot, k_cache, v_cache, n, pos0);
+        let mut o = layer.o.forward(&attn, n);
+        apply(Proj::O, &mut o);
+        for (xi, oi) in x.iter_mut().zip(&o) {
+            *xi += *oi;
+        }
+        let x_mid = x.to_vec();
+        let (h2, inv_rms2) = rms_norm(x, &layer.mlp_norm, cfg.rms_norm_eps);
+        let mut gate = layer.gate.forward(&h2, n);
+        apply(Proj::Gate, &mut gate);
+        let mut up = layer.up.forward(&h2, n);
+        apply(Proj::Up, &mut up);
+        let act: Vec<F> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
+        let mut down = layer.down.forward(&act, n);
+        apply(Proj::Down, &mut down);
+        for (xi, di) in x.iter_mut().zip(&down) {
+            *xi += *di;
+        }
+        LayerTrace {
+            x_in,
+            inv_rms1,
+            q,
+            k,
+            v,
+            q_rot,
+            k_rot,
+            probs,
+            o,
+            x_mid,
+            inv_rms2,
+            gate,
+            up,
+            down,
+        }
+    }
+
+    /// Causal (optionally sliding-window) grouped-query attention of `n` new queries over all
+    /// cached keys. Returns the concatenated head outputs `[n × heads·head_dim]` and the
+    /// probabilities `[heads × n × keys]`.
+    fn attention(&self, q: &[F], k: &[F], v: &[F], n: usize, pos0: usize) -> (Vec<F>, Vec<F>) {
+        let cfg = &self.cfg;
+        let (nh, hd) = (cfg.num_heads, cfg.head_dim);
+        let group = nh / cfg.num_kv_heads;
+        let kvw = cfg.num_kv_heads * hd;
+        let keys = k.len() / kvw;
+        let scale = F::from_f64(1.0 / (hd as f64).sqrt());
+        let window = cfg.sliding_window;
+        let per_head: Vec<(Vec<F>, Vec<F>)> = (0..nh)
+            .into_par_iter()
+            .map(|h| {
+                let kvh = h / group;
+                let mut s = vec![F::ZERO; n * keys];
+                matmul_serial(
+                    MatMut::rows(&mut s, n, keys),
+                    Mat::strided(q, h * hd, n, hd, nh * hd, 1),
+                    Mat::strided(k, kvh * hd, keys, hd, kvw, 1).transpose(),
+                    scale,
+                    false,
+                );
+                for i in 0..n {
+                    let row = &mut s[i * keys..(i + 1) * keys];
+                    let qpos = pos0 + i;
+                    for (j, val) in row.iter_mut().enumerate() {
+                        let visible = j <= qpos && window.is_none_or(|w| qpos - j < w);
+                        if !visible {
+                            *val = F::NEG_INFINITY;
+                        }
+                    }
+                    softmax_in_place(row);
+                }
+                let mut out = vec![F::ZERO; n * hd];
+                matmul_serial(
+                    MatMut::rows(&mut out, n, hd),
+                    Mat::rows(&s, n, keys),
+                    Mat::strided(v, kvh * hd, keys, hd, kvw, 1),
+                    F::ONE,
+                    false,
+                );
+                (out, s)
+            })
+            .collect();
+        let mut attn = vec![F::ZERO; n * nh * hd];
+        let mut probs = Vec::with_capacity(nh * n * keys);
+        for (h, (out, p)) in per_head.into_iter().enumerate() {
+            for i in 0..n {
+                attn[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&out[i * hd..(i + 1) * hd]);
+            }
+            probs.extend_from_slice(&p);
+        }
+        (attn, probs)
+    }
+
+    /// Logits `[rows × vocab]` for the given rows of a final-norm output.
+    pub fn logits(&self, hidden: &[F], rows: &[usize]) -> Vec<F> {
+        let d = self.cfg.hidden_size;
+        let mut sel = Vec::with_capacity(rows.len() * d);
+        for &r in rows {
+            sel.extend_from_slice(&hidden[r * d..(r + 1) * d]);
+        }
+        let head = self.lm_head.as_deref().unwrap_or(&self.embed);
+        linear(&sel, rows.len(), head, None, self.cfg.vocab_size)
+    }
+
+    /// Backward pass. `d_logits` is the gradient with respect to the logits of `rows` (as returned
+    /// by [`Self::logits`]). Calls `visit` once per hooked module, last layer first.
+    pub fn backward(&self, trace: &Trace<F>, rows: &[usize], d_logits: &[F], visit: GradVisitor<'_, F>) {
+        let cfg = &self.cfg;
+        let (n, d) = (trace.tokens, cfg.hidden_size);
+        let head = self.lm_head.as_deref().unwrap_or(&self.embed);
+        let mut d_sel = vec![F::ZERO; rows.len() * d];
+        linear_backward_into(&mut d_sel, d_logits, rows.len(), head, cfg.vocab_size);
+        let mut d_hidden = vec![F::ZERO; n * d];
+        for (i, &r) in rows.iter().enumerate() {
+            for (a, &b) in d_hidden[r * d..(r + 1) * d].iter_mut().zip(&d_sel[i * d..(i + 1) * d]) {
+                *a += b;
+            }
+        }
+        let mut dx = vec![F::ZERO; n * d];
+        rms_norm_backward(&mut dx, &d_hidden, &trace.final_in, &trace.final_inv_rms, &self.final_norm);
+        for l in (0..self.layers.len()).rev() {
+            self.layer_backward(l, &trace.layers[l], &mut dx, n, visit);
+        }
+    }
+
+    fn layer_backward(&self, l: usize, t: &LayerTrace<F>, dx: &mut [F], n: usize, visit: GradVisitor<'_, F>) {
+        let cfg = &self.cfg;
+        let layer = &self.layers[l];
+        let id = |proj| ModuleId { layer: l, proj };
+        // MLP: x_out = x_mid + down(silu(gate) ⊙ up)
+        let d_down = dx.to_vec();
+        visit(id(Proj::Down), &t.down, &d_down);
+        let mut d_act = vec![F::ZERO; n * cfg.intermediate_size];
+        layer.down.backward_into(&mut d_act, &d_down, n);
+        let mut d_gate = vec![F::ZERO; d_act.len()];
+        let mut d_up = vec![F::ZERO; d_act.len()];
+        for i in 0..d_act.len() {
+            let g = t.gate[i];
+            let sig = sigmoid(g);
+            d_up[i] = d_act[i] * g * sig;
+            d_gate[i] = d_act[i] * t.up[i] * sig * (F::ONE + g * (F::ONE - sig));
+        }
+        visit(id(Proj::Gate), &t.gate, &d_gate);
+        visit(id(Proj::Up), &t.up, &d_up);
+        let mut d_h2 = vec![F::ZERO; n * cfg.hidden_size];
+        layer.gate.backward_into(&mut d_h2, &d_gate, n);
+        layer.up.backward_into(&mut d_h2, &d_up, n);
+        rms_norm_backward(dx, &d_h2, &t.x_mid, &t.inv_rms2, &layer.mlp_norm);
+
+        // Attention: x_mid = x_in + o(attn(rope(q), rope(k), v))
+        let d_o = dx.to_vec();
+        visit(id(Proj::O), &t.o, &d_o);
+        let mut d_attn = vec![F::ZERO; n * cfg.num_heads * cfg.head_dim];
+        layer.o.backward_into(&mut d_attn, &d_o, n);
+        let (mut dq, mut dk, dv) = self.attention_backward(t, &d_attn, n);
+        self.rope.apply(&mut dq, n, cfg.num_heads, cfg.head_dim, 0, true);
+        self.rope.apply(&mut dk, n, cfg.num_kv_heads, cfg.head_dim, 0, true);
+        visit(id(Proj::Q), &t.q, &dq);
+        visit(id(Proj::K), &t.k, &dk);
+        visit(id(Proj::V), &t.v, &dv);
+        let mut d_h = vec![F::ZERO; n * cfg.hidden_size];
+        layer.q.backward_into(&mut d_h, &dq, n);
+        layer.k.backward_into(&mut d_h, &dk, n);
+        layer.v.backward_into(&mut d_h, &dv, n);
+        rms_norm_backward(dx, &d_h, &t.x_in, &t.inv_rms1, &layer.attn_norm);
+    }
+
+    /// Gradients of the attention inputs (rotated q and k, and v) from that of its output.
+    fn attention_backward(&self, t: &LayerTrace<F>, d_attn: &[F], n: usize) -> (Vec<F>, Vec<F>, Vec<F>) {
+        let cfg = &self.cfg;
+        let (nh, hd) = (cfg.num_heads, cfg.head_dim);
+        let group = nh / cfg.num_kv_heads;
+        let kvw = cfg.num_kv_heads * hd;
+        let scale = F::from_f64(1.0 / (hd as f64).sqrt());
+        let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..nh)
+            .into_par_iter()
+            .map(|h| {
+                let kvh = h / group;
+                let p = &t.probs[h * n * n..(h + 1) * n * n];
+                let d_out = Mat::strided(d_attn, h * hd, n, hd, nh * hd, 1);
+                // dV = Pᵀ dO
+                let mut dv = vec![F::ZERO; n * hd];
+                matmul_serial(MatMut::rows(&mut dv, n, hd), Mat::rows(p, n, n).transpose(), d_out, F::ONE, false);
+                // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale
+                let mut ds = vec![F::ZERO; n * n];
+                matmul_serial(
+                    MatMut::rows(&mut ds, n, n),
+                    d_out,
+                    Mat::strided(&t.v, kvh * hd, n, hd, kvw, 1).transpose(),
+                    F::ONE,
+                    false,
+                );
+                for i in 0..n {
+                    let prow = &p[i * n..(i + 1) * n];
+                    let drow = &mut ds[i * n..(i + 1) * n];
+                    let mut dot = F::ZERO;
+                    for (&pv, &dv) in prow.iter().zip(drow.iter()) {
+                        dot += pv * dv;
+                    }
+                    for (dv, &pv) in drow.iter_mut().zip(prow) {
+                        *dv = pv * (*dv - dot) * scale;
+                    }
+                }
+                // dQ = dS K, dK = dSᵀ Q
+                let mut dq = vec![F::ZERO; n * hd];
+                matmul_serial(
+                    MatMut::rows(&mut dq, n, hd),
+                    Mat::rows(&ds, n, n),
+                    Mat::strided(&t.k_rot, kvh * hd, n, hd, kvw, 1),
+                    F::ONE,
+                    false,
+                );
+                let mut dk = vec![F::ZERO; n * hd];
+                matmul_serial(
+                    MatMut::rows(&mut dk, n, hd),
+                    Mat::rows(&ds, n, n).transpose(),
+                    Mat::strided(&t.q_rot, h * hd, n, hd, nh * hd, 1),
+                    F::ONE,
+                    false,
+                );
+                (dq, dk, dv)
+            })
+            .collect();
+        let mut dq = vec![F::ZERO; n * nh * hd];
+        let mut dk = vec![F::ZERO; n * kvw];
+        let mut dv = vec![F::ZERO; n * kvw];
+        for (h, (q_h, k_h, v_h)) in per_head.into_iter().enumerate() {
+            let kvh = h / group;
+            for i in 0..n {
+                dq[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
+                for j in 0..hd {
+                    dk[i * kvw + kvh * hd + j] += k_h[i * hd + j];
+                    dv[i * kvw + kvh * hd + j] += v_h[i * hd + j];
+                }
+            }
+        }
+        (dq, dk, dv)
+    }
+}
+
+#[inline]
+fn sigmoid<F: Float>(x: F) -> F {
+    F::ONE / (F::ONE + (-x).exp())
+}
+
+#[inline]
+fn silu<F: Float>(x: F) -> F {
+    x * sigmoid(x)
+}
+
+/// Numerically stable softmax; `-inf` entries get probability exactly 0.
+pub fn softmax_in_place<F: Float>(row: &mut [F]) {
+    let mut m = F::NEG_INFINITY;
+    for &v in row.iter() {
+        m = m.max(v);
+    }
+    let mut sum = F::ZERO;
+    for v in row.iter_mut() {
+        *v = if *v == F::NEG_INFINITY { F::ZERO } else { (*v - m).exp() };
+        sum += *v;
+    }
+    let inv = F::ONE / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `y = w ⊙ x / rms(x)` per row; returns `y` and `1/rms` per row.
+pub fn rms_norm<F: Float>(x: &[F], w: &[F], eps: f64) -> (Vec<F>, Vec<F>) {
+    let d = w.len();
+    let mut y = vec![F::ZERO; x.len()];
+    let mut inv = Vec::with_capacity(x.len() / d);
+    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let mut ss = F::ZERO;
+        for &v in xr {
+            ss += v * v;
+        }
+        let r = F::ONE / (ss / F::from_f64(d as f64) + F::from_f64(eps)).sqrt();
+        for ((yv, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+            *yv = wv * (xv * r);
+        }
+        inv.push(r);
+    }
+    (y, inv)
+}
+
+/// `dx += ∂(w ⊙ x·r)/∂x · dy` with `r = (mean(x²)+eps)^-½`:
+/// `dx_j = r·w_j·dy_j − x_j·r³·mean(w ⊙ dy ⊙ x)`.
+pub fn rms_norm_backward<F: Float>(dx: &mut [F], dy: &[F], x: &[F], inv_rms: &[F], w: &[F]) {
+    let d = w.len();
+    for (((dxr, dyr), xr), &r) in dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(x.chunks_exact(d)).zip(inv_rms) {
+        let mut dot = F::ZERO;
+        for ((&dyv, &xv), &wv) in dyr.iter().zip(xr).zip(w) {
+            dot += wv * dyv * xv;
+        }
+        let c = dot * r * r * r / F::from_f64(d as f64);
+        for (((dxv, &dyv), &xv), &wv) in dxr.iter_mut().zip(dyr).zip(xr).zip(w) {
+            *dxv += r * wv * dyv - xv * c;
+        }
+    }
+}
+
+/// Rotate-half rotary embedding tables, computed in f64.
+#[derive(Clone, Debug)]
+struct RopeTable {
+    inv_freq: Vec<f64>,
+}
+
+impl RopeTable {
+    fn new(cfg: &LlamaConfig) -> Self {
+        let dim = cfg.head_dim;
+        let mut inv_freq: Vec<f64> =
+            (0..dim / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
+        if let Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) =
+            cfg.rope_scaling
+        {
+            let old = original_max_position as f64;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            for f in &mut inv_freq {
+                let wavelen = 2.0 * std::f64::consts::PI / *f;
+                if wavelen > low_wavelen {
+                    *f /= factor;
+                } else if wavelen >= high_wavelen {
+                    let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                }
+            }
+        }
+        RopeTable { inv_freq }
+    }
+
+    /// Rotate `x` (`[n × heads·head_dim]`, positions `pos0..pos0+n`) in place; `inverse` applies
+    /// the transpose rotation, which is the backward of the forward rotation.
+    fn apply<F: Float>(&self, x: &mut [F], n: usize, heads: usize, head_dim: usize, pos0: usize, inverse: bool) {
+        let half = head_dim / 2;
+        for i in 0..n {
+            let pos = (pos0 + i) as f64;
+            let (cos, sin): (Vec<F>, Vec<F>) = self
+                .inv_freq
+                .iter()
+                .map(|f| {
+                    let a = pos * f;
+                    (F::from_f64(a.cos()), F::from_f64(if inverse { -a.sin() } else { a.sin() }))
+                })
+                .unzip();
+            for h in 0..heads {
+                let base = i * heads * head_dim + h * head_dim;
+                for j in 0..half {
+                    let a = x[base + j];
+                    let b = x[base + half + j];
+                    x[base + j] = a * cos[j] - b * sin[j];
+                    x[base + half + j] = b * cos[j] + a * sin[j];
+                }
+            }
+        }
+    }
+}
+
+impl<F> LlamaModel<F> {
+    /// Number of weights (embedding and head counted once when tied).
+    pub fn parameter_count(&self) -> usize {
+        let lin = |l: &Linear<F>| l.weight.len() + l.bias.as_ref().map_or(0, Vec::len);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.attn_norm.len()
+                    + l.mlp_norm.len()
+                    + [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(lin).sum::<usize>()
+            })
+            .sum();
+        self.embed.len() + layers + self.final_norm.len() + self.lm_head.as_ref().map_or(0, Vec::len)
+    }
+}

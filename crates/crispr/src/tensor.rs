@@ -1,0 +1,306 @@
+//! Minimal dense linear algebra on row-major buffers.
+//!
+//! The engine owns its math instead of using an autograd framework: every backward formula is
+//! written out (see `model::llama`), so no op can silently drop out of the gradient graph and no
+//! weight gradient is ever computed. Everything is generic over [`Float`] so the same code runs in
+//! f32 for real work and in f64 for finite-difference checks.
+
+use std::fmt::Debug;
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+/// The scalar types the engine computes in.
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + Debug
+    + PartialOrd
+    + Default
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INFINITY: Self;
+    fn from_f64(v: f64) -> Self;
+    fn from_f32(v: f32) -> Self;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn tanh(self) -> Self;
+    fn max(self, other: Self) -> Self;
+}
+
+macro_rules! impl_float {
+    ($t:ty) => {
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            #[inline]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline]
+            fn from_f32(v: f32) -> Self {
+                v as $t
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline]
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            #[inline]
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+        }
+    };
+}
+impl_float!(f32);
+impl_float!(f64);
+
+/// A read-only strided matrix view into a slice.
+#[derive(Clone, Copy)]
+pub struct Mat<'a, F> {
+    data: &'a [F],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a, F: Float> Mat<'a, F> {
+    /// A row-major `rows × cols` matrix occupying the start of `data`.
+    pub fn rows(data: &'a [F], rows: usize, cols: usize) -> Self {
+        Self::strided(data, 0, rows, cols, cols, 1)
+    }
+
+    /// The transpose of a row-major `rows × cols` matrix, i.e. a `cols × rows` view.
+    pub fn rows_t(data: &'a [F], rows: usize, cols: usize) -> Self {
+        Self::strided(data, 0, cols, rows, 1, cols)
+    }
+
+    /// A general strided view; panics (a programming error, never user input) if it reaches past `data`.
+    pub fn strided(
+        data: &'a [F],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = offset + (rows - 1) * row_stride + (cols - 1) * col_stride;
+            assert!(
+                last < data.len(),
+                "matrix view {rows}x{cols} (strides {row_stride},{col_stride}, offset {offset}) exceeds buffer of {}",
+                data.len()
+            );
+        }
+        Mat { data, offset, rows, cols, row_stride, col_stride }
+    }
+
+    pub fn transpose(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// A mutable strided destination.
+pub struct MatMut<'a, F> {
+    data: &'a mut [F],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+impl<'a, F: Float> MatMut<'a, F> {
+    pub fn rows(data: &'a mut [F], rows: usize, cols: usize) -> Self {
+        Self::strided(data, 0, rows, cols, cols)
+    }
+
+    /// Rows are `row_stride` apart, columns contiguous.
+    pub fn strided(data: &'a mut [F], offset: usize, rows: usize, cols: usize, row_stride: usize) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = offset + (rows - 1) * row_stride + cols - 1;
+            assert!(last < data.len(), "destination view exceeds buffer");
+        }
+        MatMut { data, offset, rows, cols, row_stride }
+    }
+}
+
+/// Work below this many multiply-adds runs on one thread: spawning costs more than it saves.
+const PARALLEL_THRESHOLD: usize = 1 << 18;
+
+/// `dst = scale · a · b` (or `dst += scale · a · b` when `accumulate`).
+pub fn matmul<F: Float>(dst: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, scale: F, accumulate: bool) {
+    matmul_with(dst, a, b, scale, accumulate, true)
+}
+
+/// As [`matmul`], single-threaded: for callers that already run in parallel.
+pub fn matmul_serial<F: Float>(dst: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, scale: F, accumulate: bool) {
+    matmul_with(dst, a, b, scale, accumulate, false)
+}
+
+fn matmul_with<F: Float>(
+    dst: MatMut<'_, F>,
+    a: Mat<'_, F>,
+    b: Mat<'_, F>,
+    scale: F,
+    accumulate: bool,
+    allow_parallel: bool,
+) {
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    assert_eq!(dst.rows, a.rows, "row counts differ");
+    assert_eq!(dst.cols, b.cols, "column counts differ");
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                let start = dst.offset + r * dst.row_stride;
+                dst.data[start..start + n].fill(F::ZERO);
+            }
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if allow_parallel && threads > 1 && m * n * k >= PARALLEL_THRESHOLD {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the views were bounds-checked at construction; `dst` is uniquely borrowed and
+    // cannot alias `a` or `b` (shared borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr().add(dst.offset),
+            1,
+            dst.row_stride as isize,
+            accumulate,
+            a.data.as_ptr().add(a.offset),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr().add(b.offset),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            F::ONE,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `y[t] = x[t] · wᵀ (+ bias)` for a row-major weight `w` of shape `out × in`.
+pub fn linear<F: Float>(x: &[F], tokens: usize, w: &[F], bias: Option<&[F]>, out_dim: usize) -> Vec<F> {
+    let in_dim = w.len() / out_dim;
+    let mut y = vec![F::ZERO; tokens * out_dim];
+    matmul(
+        MatMut::rows(&mut y, tokens, out_dim),
+        Mat::rows(x, tokens, in_dim),
+        Mat::rows_t(w, out_dim, in_dim),
+        F::ONE,
+        false,
+    );
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(out_dim) {
+            for (v, &bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+    }
+    y
+}
+
+/// `dx += dy · w`: the input gradient of [`linear`]; the weight gradient is never formed.
+pub fn linear_backward_into<F: Float>(dx: &mut [F], dy: &[F], tokens: usize, w: &[F], out_dim: usize) {
+    let in_dim = w.len() / out_dim;
+    matmul(
+        MatMut::rows(dx, tokens, in_dim),
+        Mat::rows(dy, tokens, out_dim),
+        Mat::rows(w, out_dim, in_dim),
+        F::ONE,
+        true,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matmul_matches_naive_with_transposes_and_accumulation() {
+        let (m, k, n) = (7, 5, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.91).cos()).collect();
+        let expect = naive(&a, &b, m, k, n);
+        let mut c = vec![1.0; m * n];
+        matmul(MatMut::rows(&mut c, m, n), Mat::rows(&a, m, k), Mat::rows(&b, k, n), 1.0, true);
+        for (x, e) in c.iter().zip(&expect) {
+            assert!((x - 1.0 - e).abs() < 1e-12);
+        }
+        // b given as the transpose of an n × k row-major buffer.
+        let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let mut c2 = vec![0.0; m * n];
+        matmul(MatMut::rows(&mut c2, m, n), Mat::rows(&a, m, k), Mat::rows_t(&bt, n, k), 2.0, false);
+        for (x, e) in c2.iter().zip(&expect) {
+            assert!((x - 2.0 * e).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds buffer")]
+    fn out_of_bounds_view_is_refused() {
+        let a = vec![0.0f32; 10];
+        let _ = Mat::rows(&a, 3, 4);
+    }
+}

@@ -1,0 +1,250 @@
+//! Reading weight tensors from safetensors checkpoints and GGUF files, by logical role.
+//!
+//! Model builders ask for a tensor by its role ([`Role`]) and expected shape; each source maps
+//! the role to its own naming and layout and converts to f32. A missing or mis-shaped tensor is
+//! an error naming the file and the tensor.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::model::Proj;
+
+/// A weight tensor by what it does, independent of file naming.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Embed,
+    LmHead,
+    FinalNorm,
+    AttnNorm(usize),
+    MlpNorm(usize),
+    Weight(usize, Proj),
+    Bias(usize, Proj),
+}
+
+impl Role {
+    /// The transformers (safetensors) name.
+    pub fn hf_name(self) -> String {
+        match self {
+            Role::Embed => "model.embed_tokens.weight".into(),
+            Role::LmHead => "lm_head.weight".into(),
+            Role::FinalNorm => "model.norm.weight".into(),
+            Role::AttnNorm(l) => format!("model.layers.{l}.input_layernorm.weight"),
+            Role::MlpNorm(l) => format!("model.layers.{l}.post_attention_layernorm.weight"),
+            Role::Weight(l, p) => format!("model.layers.{l}.{}.weight", p.hf_suffix()),
+            Role::Bias(l, p) => format!("model.layers.{l}.{}.bias", p.hf_suffix()),
+        }
+    }
+
+    /// The GGUF name.
+    pub fn gguf_name(self) -> String {
+        match self {
+            Role::Embed => "token_embd.weight".into(),
+            Role::LmHead => "output.weight".into(),
+            Role::FinalNorm => "output_norm.weight".into(),
+            Role::AttnNorm(l) => format!("blk.{l}.attn_norm.weight"),
+            Role::MlpNorm(l) => format!("blk.{l}.ffn_norm.weight"),
+            Role::Weight(l, p) => format!("blk.{l}.{}.weight", p.gguf_stem()),
+            Role::Bias(l, p) => format!("blk.{l}.{}.bias", p.gguf_stem()),
+        }
+    }
+}
+
+/// Something weights can be read from.
+pub trait WeightSource {
+    /// Whether the tensor is present.
+    fn has(&self, role: Role) -> bool;
+    /// Read a tensor as f32, row-major, checking it has `shape` (`[rows, cols]` or `[len]`).
+    fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>>;
+}
+
+fn shape_error(path: &Path, name: &str, found: &[usize], expected: &[usize]) -> Error {
+    Error::format(path, format!("tensor {name} has shape {found:?}, expected {expected:?}"))
+}
+
+struct Shard {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    data_start: usize,
+    tensors: BTreeMap<String, safetensors::tensor::TensorInfo>,
+}
+
+/// A transformers checkpoint: one `model.safetensors` or shards listed in
+/// `model.safetensors.index.json`.
+pub struct SafetensorsSource {
+    shards: Vec<Shard>,
+    /// Tensor name → shard index.
+    index: BTreeMap<String, usize>,
+}
+
+impl SafetensorsSource {
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::format(&index_path, "no \"weight_map\" object"))?;
+            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                return Err(Error::format(
+                    dir,
+                    "no model.safetensors or model.safetensors.index.json in the checkpoint directory \
+                     (pytorch_model.bin is not read: convert it to safetensors first)",
+                ));
+            }
+            vec![single]
+        };
+        let mut shards = Vec::new();
+        let mut index = BTreeMap::new();
+        for path in files {
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: read-only map of an input file the tool never writes.
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap)
+                .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e:?}")))?;
+            let data_start = 8 + n;
+            let mut tensors = BTreeMap::new();
+            for (name, info) in meta.tensors() {
+                let (_, end) = info.data_offsets;
+                if data_start + end > mmap.len() {
+                    return Err(Error::format(&path, format!("tensor {name} extends past the end of the file: truncated?")));
+                }
+                index.insert(name.clone(), shards.len());
+                tensors.insert(name, info.clone());
+            }
+            shards.push(Shard { path, mmap, data_start, tensors });
+        }
+        Ok(SafetensorsSource { shards, index })
+    }
+
+    fn lookup(&self, name: &str) -> Option<(&Shard, &safetensors::tensor::TensorInfo)> {
+        let s = &self.shards[*self.index.get(name)?];
+        Some((s, s.tensors.get(name)?))
+    }
+
+    /// Path of the shard holding `name`, for error messages.
+    fn describe(&self) -> PathBuf {
+        self.shards.first().map(|s| s.path.clone()).unwrap_or_default()
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn has(&self, role: Role) -> bool {
+        self.index.contains_key(&role.hf_name())
+    }
+
+    fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
+        let name = role.hf_name();
+        let (shard, info) =
+            self.lookup(&name).ok_or_else(|| Error::format(&self.describe(), format!("tensor {name} is missing")))?;
+        if info.shape != shape {
+            return Err(shape_error(&shard.path, &name, &info.shape, shape));
+        }
+        let (a, b) = info.data_offsets;
+        let bytes = &shard.mmap[shard.data_start + a..shard.data_start + b];
+        use safetensors::Dtype;
+        let n: usize = shape.iter().product();
+        let width = match info.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            other => {
+                return Err(Error::format(
+                    &shard.path,
+                    format!("tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"),
+                ))
+            }
+        };
+        if bytes.len() != n * width {
+            return Err(Error::format(&shard.path, format!("tensor {name}: byte size does not match its shape")));
+        }
+        Ok(match info.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            _ => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        })
+    }
+}
+
+/// A GGUF file. llama-architecture files store `q`/`k` rows permuted for GGML's pairwise RoPE;
+/// they are un-permuted here so the engine and neuron ids use the transformers row order.
+pub struct GgufSource<'a> {
+    pub file: &'a GgufFile,
+    /// `Some((heads, kv_heads))` when q/k rows are in GGML's permuted order.
+    pub permuted_qk: Option<(usize, usize)>,
+}
+
+/// Map a transformers (rotate-half) row of a q/k projection to its row in a GGUF file written by
+/// llama.cpp's converter, which interleaves the two halves of each head.
+pub fn gguf_row_of_hf_row(row: usize, head_dim: usize) -> usize {
+    let (head, r) = (row / head_dim, row % head_dim);
+    let half = head_dim / 2;
+    head * head_dim + 2 * (r % half) + r / half
+}
+
+impl WeightSource for GgufSource<'_> {
+    fn has(&self, role: Role) -> bool {
+        self.file.tensor(&role.gguf_name()).is_some()
+    }
+
+    fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
+        let name = role.gguf_name();
+        let t = self
+            .file
+            .tensor(&name)
+            .ok_or_else(|| Error::format(&self.file.path, format!("tensor {name} is missing")))?;
+        // GGUF lists dimensions fastest-first.
+        let found: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        if found != shape {
+            return Err(shape_error(&self.file.path, &name, &found, shape));
+        }
+        let data = self.file.dequantize(t);
+        let heads = match (role, self.permuted_qk) {
+            (Role::Weight(_, Proj::Q) | Role::Bias(_, Proj::Q), Some((h, _))) => Some(h),
+            (Role::Weight(_, Proj::K) | Role::Bias(_, Proj::K), Some((_, kv))) => Some(kv),
+            _ => None,
+        };
+        let Some(heads) = heads else { return Ok(data) };
+        let rows = shape[0];
+        let cols = if shape.len() > 1 { shape[1] } else { 1 };
+        let head_dim = rows / heads;
+        let mut out = vec![0f32; data.len()];
+        for r in 0..rows {
+            let g = gguf_row_of_hf_row(r, head_dim);
+            out[r * cols..(r + 1) * cols].copy_from_slice(&data[g * cols..(g + 1) * cols]);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_row_permutation_matches_llama_cpp() {
+        // llama.cpp: w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2): GGUF row (h, i, half) holds
+        // HF row (h, half, i).
+        let hd = 8;
+        let mut seen = vec![false; 16];
+        for hf in 0..16 {
+            let g = gguf_row_of_hf_row(hf, hd);
+            let (h, rest) = (g / hd, g % hd);
+            let (i, half) = (rest / 2, rest % 2);
+            assert_eq!(hf, h * hd + half * (hd / 2) + i);
+            seen[g] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+}
