@@ -23,7 +23,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
         ModelFormat::Gguf(p) => ("gguf", p),
     };
     let params = loaded.model.parameter_count();
-    let eot = text.end_of_turn.map(|id| json!({"id": id, "token": text.token(id)}));
+    let eot = text
+        .end_of_turn
+        .map(|id| json!({"id": id, "token": text.token(id)}));
     let info = json!({
         "path": path.display().to_string(),
         "format": format,
@@ -54,15 +56,40 @@ pub fn run(args: InfoArgs) -> Result<()> {
     }
     println!("model        {path}", path = path.display());
     println!("format       {format}");
-    println!("architecture {} (decoder-only), {:.1} M parameters", cfg.arch.name(), params as f64 / 1e6);
+    println!(
+        "architecture {} (decoder-only), {:.1} M parameters",
+        cfg.arch.name(),
+        params as f64 / 1e6
+    );
     println!(
         "shape        {} layers, hidden {}, ffn {}, heads {} (kv {}), head_dim {}, vocab {}",
-        cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.vocab_size
     );
-    println!("rope         theta {}{}", cfg.rope_theta, if cfg.rope_scaling.is_some() { ", llama3 scaling" } else { "" });
-    println!("neurons      linear universe {} (q,k,v,o,gate,up,down), ffn universe {}", cfg.linear_universe(), cfg.ffn_universe());
+    println!(
+        "rope         theta {}{}",
+        cfg.rope_theta,
+        if cfg.rope_scaling.is_some() {
+            ", llama3 scaling"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "neurons      linear universe {} (q,k,v,o,gate,up,down), ffn universe {}",
+        cfg.linear_universe(),
+        cfg.ffn_universe()
+    );
     match (&text.chat_template, text.end_of_turn) {
-        (Some(_), Some(id)) => println!("chat         template present, end of turn {:?} (id {id})", text.token(id).unwrap_or_default()),
+        (Some(_), Some(id)) => println!(
+            "chat         template present, end of turn {:?} (id {id})",
+            text.token(id).unwrap_or_default()
+        ),
         (Some(_), None) => println!("chat         template present, no end-of-turn token found"),
         (None, _) => println!("chat         no template (use --raw when scoring)"),
     }

@@ -159,11 +159,21 @@ impl<F: Float> LlamaModel<F> {
         lm_head: Option<Vec<F>>,
     ) -> Self {
         let rope = RopeTable::new(&cfg);
-        LlamaModel { cfg, embed, layers, final_norm, lm_head, rope }
+        LlamaModel {
+            cfg,
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+            rope,
+        }
     }
 
     pub fn new_cache(&self) -> KvCache<F> {
-        KvCache { layers: vec![(Vec::new(), Vec::new()); self.layers.len()], len: 0 }
+        KvCache {
+            layers: vec![(Vec::new(), Vec::new()); self.layers.len()],
+            len: 0,
+        }
     }
 
     fn kv_width(&self) -> usize {
@@ -187,7 +197,12 @@ impl<F: Float> LlamaModel<F> {
 
     /// Run `tokens` after the positions already in `cache`, appending to it. Returns the output of
     /// the final norm for the new positions, `[tokens × hidden]`.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<F>, hook: Option<ForwardHook<'_, F>>) -> Vec<F> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<F>,
+        hook: Option<ForwardHook<'_, F>>,
+    ) -> Vec<F> {
         self.run(tokens, cache, hook, None)
     }
 
@@ -195,8 +210,15 @@ impl<F: Float> LlamaModel<F> {
     pub fn forward_traced(&self, tokens: &[u32], hook: Option<ForwardHook<'_, F>>) -> Trace<F> {
         let mut cache = self.new_cache();
         let mut layers = Vec::with_capacity(self.layers.len());
-        let (final_in, final_inv_rms, hidden) = self.run_inner(tokens, &mut cache, hook, Some(&mut layers));
-        Trace { tokens: tokens.len(), layers, final_in, final_inv_rms, hidden }
+        let (final_in, final_inv_rms, hidden) =
+            self.run_inner(tokens, &mut cache, hook, Some(&mut layers));
+        Trace {
+            tokens: tokens.len(),
+            layers,
+            final_in,
+            final_inv_rms,
+            hidden,
+        }
     }
 
     fn run(
@@ -259,9 +281,11 @@ impl<F: Float> LlamaModel<F> {
         apply(Proj::V, &mut v);
 
         let mut q_rot = q.clone();
-        self.rope.apply(&mut q_rot, n, cfg.num_heads, cfg.head_dim, pos0, false);
+        self.rope
+            .apply(&mut q_rot, n, cfg.num_heads, cfg.head_dim, pos0, false);
         let mut k_rot = k.clone();
-        self.rope.apply(&mut k_rot, n, cfg.num_kv_heads, cfg.head_dim, pos0, false);
+        self.rope
+            .apply(&mut k_rot, n, cfg.num_kv_heads, cfg.head_dim, pos0, false);
         k_cache.extend_from_slice(&k_rot);
         v_cache.extend_from_slice(&v);
 
@@ -350,7 +374,8 @@ impl<F: Float> LlamaModel<F> {
         let mut probs = Vec::with_capacity(nh * n * keys);
         for (h, (out, p)) in per_head.into_iter().enumerate() {
             for i in 0..n {
-                attn[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&out[i * hd..(i + 1) * hd]);
+                attn[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd]
+                    .copy_from_slice(&out[i * hd..(i + 1) * hd]);
             }
             probs.extend_from_slice(&p);
         }
@@ -370,7 +395,13 @@ impl<F: Float> LlamaModel<F> {
 
     /// Backward pass. `d_logits` is the gradient with respect to the logits of `rows` (as returned
     /// by [`Self::logits`]). Calls `visit` once per hooked module, last layer first.
-    pub fn backward(&self, trace: &Trace<F>, rows: &[usize], d_logits: &[F], visit: GradVisitor<'_, F>) {
+    pub fn backward(
+        &self,
+        trace: &Trace<F>,
+        rows: &[usize],
+        d_logits: &[F],
+        visit: GradVisitor<'_, F>,
+    ) {
         let cfg = &self.cfg;
         let (n, d) = (trace.tokens, cfg.hidden_size);
         let head = self.lm_head.as_deref().unwrap_or(&self.embed);
@@ -378,18 +409,34 @@ impl<F: Float> LlamaModel<F> {
         linear_backward_into(&mut d_sel, d_logits, rows.len(), head, cfg.vocab_size);
         let mut d_hidden = vec![F::ZERO; n * d];
         for (i, &r) in rows.iter().enumerate() {
-            for (a, &b) in d_hidden[r * d..(r + 1) * d].iter_mut().zip(&d_sel[i * d..(i + 1) * d]) {
+            for (a, &b) in d_hidden[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(&d_sel[i * d..(i + 1) * d])
+            {
                 *a += b;
             }
         }
         let mut dx = vec![F::ZERO; n * d];
-        rms_norm_backward(&mut dx, &d_hidden, &trace.final_in, &trace.final_inv_rms, &self.final_norm);
+        rms_norm_backward(
+            &mut dx,
+            &d_hidden,
+            &trace.final_in,
+            &trace.final_inv_rms,
+            &self.final_norm,
+        );
         for l in (0..self.layers.len()).rev() {
             self.layer_backward(l, &trace.layers[l], &mut dx, n, visit);
         }
     }
 
-    fn layer_backward(&self, l: usize, t: &LayerTrace<F>, dx: &mut [F], n: usize, visit: GradVisitor<'_, F>) {
+    fn layer_backward(
+        &self,
+        l: usize,
+        t: &LayerTrace<F>,
+        dx: &mut [F],
+        n: usize,
+        visit: GradVisitor<'_, F>,
+    ) {
         let cfg = &self.cfg;
         let layer = &self.layers[l];
         let id = |proj| ModuleId { layer: l, proj };
@@ -419,8 +466,10 @@ impl<F: Float> LlamaModel<F> {
         let mut d_attn = vec![F::ZERO; n * cfg.num_heads * cfg.head_dim];
         layer.o.backward_into(&mut d_attn, &d_o, n);
         let (mut dq, mut dk, dv) = self.attention_backward(t, &d_attn, n);
-        self.rope.apply(&mut dq, n, cfg.num_heads, cfg.head_dim, 0, true);
-        self.rope.apply(&mut dk, n, cfg.num_kv_heads, cfg.head_dim, 0, true);
+        self.rope
+            .apply(&mut dq, n, cfg.num_heads, cfg.head_dim, 0, true);
+        self.rope
+            .apply(&mut dk, n, cfg.num_kv_heads, cfg.head_dim, 0, true);
         visit(id(Proj::Q), &t.q, &dq);
         visit(id(Proj::K), &t.k, &dk);
         visit(id(Proj::V), &t.v, &dv);
@@ -432,7 +481,12 @@ impl<F: Float> LlamaModel<F> {
     }
 
     /// Gradients of the attention inputs (rotated q and k, and v) from that of its output.
-    fn attention_backward(&self, t: &LayerTrace<F>, d_attn: &[F], n: usize) -> (Vec<F>, Vec<F>, Vec<F>) {
+    fn attention_backward(
+        &self,
+        t: &LayerTrace<F>,
+        d_attn: &[F],
+        n: usize,
+    ) -> (Vec<F>, Vec<F>, Vec<F>) {
         let cfg = &self.cfg;
         let (nh, hd) = (cfg.num_heads, cfg.head_dim);
         let group = nh / cfg.num_kv_heads;
@@ -446,7 +500,13 @@ impl<F: Float> LlamaModel<F> {
                 let d_out = Mat::strided(d_attn, h * hd, n, hd, nh * hd, 1);
                 // dV = Pᵀ dO
                 let mut dv = vec![F::ZERO; n * hd];
-                matmul_serial(MatMut::rows(&mut dv, n, hd), Mat::rows(p, n, n).transpose(), d_out, F::ONE, false);
+                matmul_serial(
+                    MatMut::rows(&mut dv, n, hd),
+                    Mat::rows(p, n, n).transpose(),
+                    d_out,
+                    F::ONE,
+                    false,
+                );
                 // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale
                 let mut ds = vec![F::ZERO; n * n];
                 matmul_serial(
@@ -493,7 +553,8 @@ impl<F: Float> LlamaModel<F> {
         for (h, (q_h, k_h, v_h)) in per_head.into_iter().enumerate() {
             let kvh = h / group;
             for i in 0..n {
-                dq[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
+                dq[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd]
+                    .copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
                 for j in 0..hd {
                     dk[i * kvw + kvh * hd + j] += k_h[i * hd + j];
                     dv[i * kvw + kvh * hd + j] += v_h[i * hd + j];
@@ -522,7 +583,11 @@ pub fn softmax_in_place<F: Float>(row: &mut [F]) {
     }
     let mut sum = F::ZERO;
     for v in row.iter_mut() {
-        *v = if *v == F::NEG_INFINITY { F::ZERO } else { (*v - m).exp() };
+        *v = if *v == F::NEG_INFINITY {
+            F::ZERO
+        } else {
+            (*v - m).exp()
+        };
         sum += *v;
     }
     let inv = F::ONE / sum;
@@ -554,7 +619,12 @@ pub fn rms_norm<F: Float>(x: &[F], w: &[F], eps: f64) -> (Vec<F>, Vec<F>) {
 /// `dx_j = r·w_j·dy_j − x_j·r³·mean(w ⊙ dy ⊙ x)`.
 pub fn rms_norm_backward<F: Float>(dx: &mut [F], dy: &[F], x: &[F], inv_rms: &[F], w: &[F]) {
     let d = w.len();
-    for (((dxr, dyr), xr), &r) in dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(x.chunks_exact(d)).zip(inv_rms) {
+    for (((dxr, dyr), xr), &r) in dx
+        .chunks_exact_mut(d)
+        .zip(dy.chunks_exact(d))
+        .zip(x.chunks_exact(d))
+        .zip(inv_rms)
+    {
         let mut dot = F::ZERO;
         for ((&dyv, &xv), &wv) in dyr.iter().zip(xr).zip(w) {
             dot += wv * dyv * xv;
@@ -575,10 +645,15 @@ struct RopeTable {
 impl RopeTable {
     fn new(cfg: &LlamaConfig) -> Self {
         let dim = cfg.head_dim;
-        let mut inv_freq: Vec<f64> =
-            (0..dim / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
-        if let Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) =
-            cfg.rope_scaling
+        let mut inv_freq: Vec<f64> = (0..dim / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64))
+            .collect();
+        if let Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        }) = cfg.rope_scaling
         {
             let old = original_max_position as f64;
             let low_wavelen = old / low_freq_factor;
@@ -588,7 +663,8 @@ impl RopeTable {
                 if wavelen > low_wavelen {
                     *f /= factor;
                 } else if wavelen >= high_wavelen {
-                    let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    let smooth =
+                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                     *f = (1.0 - smooth) * *f / factor + smooth * *f;
                 }
             }
@@ -598,7 +674,15 @@ impl RopeTable {
 
     /// Rotate `x` (`[n × heads·head_dim]`, positions `pos0..pos0+n`) in place; `inverse` applies
     /// the transpose rotation, which is the backward of the forward rotation.
-    fn apply<F: Float>(&self, x: &mut [F], n: usize, heads: usize, head_dim: usize, pos0: usize, inverse: bool) {
+    fn apply<F: Float>(
+        &self,
+        x: &mut [F],
+        n: usize,
+        heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        inverse: bool,
+    ) {
         let half = head_dim / 2;
         for i in 0..n {
             let pos = (pos0 + i) as f64;
@@ -607,7 +691,10 @@ impl RopeTable {
                 .iter()
                 .map(|f| {
                     let a = pos * f;
-                    (F::from_f64(a.cos()), F::from_f64(if inverse { -a.sin() } else { a.sin() }))
+                    (
+                        F::from_f64(a.cos()),
+                        F::from_f64(if inverse { -a.sin() } else { a.sin() }),
+                    )
                 })
                 .unzip();
             for h in 0..heads {
@@ -633,9 +720,15 @@ impl<F> LlamaModel<F> {
             .map(|l| {
                 l.attn_norm.len()
                     + l.mlp_norm.len()
-                    + [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(lin).sum::<usize>()
+                    + [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                        .into_iter()
+                        .map(lin)
+                        .sum::<usize>()
             })
             .sum();
-        self.embed.len() + layers + self.final_norm.len() + self.lm_head.as_ref().map_or(0, Vec::len)
+        self.embed.len()
+            + layers
+            + self.final_norm.len()
+            + self.lm_head.as_ref().map_or(0, Vec::len)
     }
 }

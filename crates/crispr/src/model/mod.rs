@@ -27,7 +27,12 @@ impl Arch {
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub enum RopeScaling {
     /// Llama 3.1 frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: usize },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position: usize,
+    },
 }
 
 /// Hyper-parameters of a Llama-family decoder.
@@ -64,7 +69,15 @@ pub enum Proj {
 }
 
 impl Proj {
-    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
 
     /// The module path suffix in the transformers naming.
     pub fn hf_suffix(self) -> &'static str {
@@ -139,7 +152,13 @@ impl LlamaConfig {
 
     /// Every hooked module, layer by layer in forward order.
     pub fn modules(&self) -> Vec<ModuleId> {
-        (0..self.num_layers).flat_map(|layer| Proj::ALL.into_iter().map(move |proj| ModuleId { layer, proj })).collect()
+        (0..self.num_layers)
+            .flat_map(|layer| {
+                Proj::ALL
+                    .into_iter()
+                    .map(move |proj| ModuleId { layer, proj })
+            })
+            .collect()
     }
 
     /// Size of the `linear` neuron universe (every output unit of every hooked module).
@@ -175,7 +194,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
+            return Err(format!(
+                "head_dim ({}) must be even for rotary embeddings",
+                self.head_dim
+            ));
         }
         Ok(())
     }
@@ -191,7 +213,14 @@ mod tests {
             let id = ModuleId { layer: 17, proj };
             assert_eq!(ModuleId::parse(&id.to_string()), Some(id));
         }
-        assert_eq!(ModuleId { layer: 7, proj: Proj::Down }.to_string(), "model.layers.7.mlp.down_proj");
+        assert_eq!(
+            ModuleId {
+                layer: 7,
+                proj: Proj::Down
+            }
+            .to_string(),
+            "model.layers.7.mlp.down_proj"
+        );
         assert_eq!(ModuleId::parse("model.layers.x.mlp.down_proj"), None);
         assert_eq!(ModuleId::parse("model.layers.3.mlp.act_fn"), None);
     }
