@@ -124,6 +124,16 @@ def logprob_and_grads(model, prompt_ids, cand_ids):
         return hook
 
     handles = [m.register_forward_hook(keep(n)) for n, m in linear_modules(model)]
+
+    # The `ffn` universe: the gated activation, i.e. the input of down_proj.
+    def keep_input(name):
+        def hook(_mod, args):
+            args[0].retain_grad()
+            acts[name] = args[0]
+        return hook
+
+    for i, layer in enumerate(model.model.layers):
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(keep_input(f"model.layers.{i}.mlp.act_fn")))
     emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
     logits = model(inputs_embeds=emb).logits[0]
     lp = torch.log_softmax(logits.double(), dim=-1)

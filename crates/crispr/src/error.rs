@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// The file exists but its content is wrong (truncated, malformed, unexpected shape …).
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
@@ -21,17 +18,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.to_path_buf(), source }
     }
 
     pub fn format(path: &Path, msg: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.to_path_buf(),
-            msg: msg.into(),
-        }
+        Error::Format { path: path.to_path_buf(), msg: msg.into() }
     }
 
     pub fn msg(msg: impl Into<String>) -> Self {

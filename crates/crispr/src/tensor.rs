@@ -122,24 +122,11 @@ impl<'a, F: Float> Mat<'a, F> {
                 data.len()
             );
         }
-        Mat {
-            data,
-            offset,
-            rows,
-            cols,
-            row_stride,
-            col_stride,
-        }
+        Mat { data, offset, rows, cols, row_stride, col_stride }
     }
 
     pub fn transpose(self) -> Self {
-        Mat {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
+        Mat { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
     }
 }
 
@@ -158,24 +145,12 @@ impl<'a, F: Float> MatMut<'a, F> {
     }
 
     /// Rows are `row_stride` apart, columns contiguous.
-    pub fn strided(
-        data: &'a mut [F],
-        offset: usize,
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-    ) -> Self {
+    pub fn strided(data: &'a mut [F], offset: usize, rows: usize, cols: usize, row_stride: usize) -> Self {
         if rows > 0 && cols > 0 {
             let last = offset + (rows - 1) * row_stride + cols - 1;
             assert!(last < data.len(), "destination view exceeds buffer");
         }
-        MatMut {
-            data,
-            offset,
-            rows,
-            cols,
-            row_stride,
-        }
+        MatMut { data, offset, rows, cols, row_stride }
     }
 }
 
@@ -183,24 +158,12 @@ impl<'a, F: Float> MatMut<'a, F> {
 const PARALLEL_THRESHOLD: usize = 1 << 18;
 
 /// `dst = scale · a · b` (or `dst += scale · a · b` when `accumulate`).
-pub fn matmul<F: Float>(
-    dst: MatMut<'_, F>,
-    a: Mat<'_, F>,
-    b: Mat<'_, F>,
-    scale: F,
-    accumulate: bool,
-) {
+pub fn matmul<F: Float>(dst: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, scale: F, accumulate: bool) {
     matmul_with(dst, a, b, scale, accumulate, true)
 }
 
 /// As [`matmul`], single-threaded: for callers that already run in parallel.
-pub fn matmul_serial<F: Float>(
-    dst: MatMut<'_, F>,
-    a: Mat<'_, F>,
-    b: Mat<'_, F>,
-    scale: F,
-    accumulate: bool,
-) {
+pub fn matmul_serial<F: Float>(dst: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, scale: F, accumulate: bool) {
     matmul_with(dst, a, b, scale, accumulate, false)
 }
 
@@ -262,13 +225,7 @@ fn matmul_with<F: Float>(
 }
 
 /// `y[t] = x[t] · wᵀ (+ bias)` for a row-major weight `w` of shape `out × in`.
-pub fn linear<F: Float>(
-    x: &[F],
-    tokens: usize,
-    w: &[F],
-    bias: Option<&[F]>,
-    out_dim: usize,
-) -> Vec<F> {
+pub fn linear<F: Float>(x: &[F], tokens: usize, w: &[F], bias: Option<&[F]>, out_dim: usize) -> Vec<F> {
     let in_dim = w.len() / out_dim;
     let mut y = vec![F::ZERO; tokens * out_dim];
     matmul(
@@ -289,13 +246,7 @@ pub fn linear<F: Float>(
 }
 
 /// `dx += dy · w`: the input gradient of [`linear`]; the weight gradient is never formed.
-pub fn linear_backward_into<F: Float>(
-    dx: &mut [F],
-    dy: &[F],
-    tokens: usize,
-    w: &[F],
-    out_dim: usize,
-) {
+pub fn linear_backward_into<F: Float>(dx: &mut [F], dy: &[F], tokens: usize, w: &[F], out_dim: usize) {
     let in_dim = w.len() / out_dim;
     matmul(
         MatMut::rows(dx, tokens, in_dim),
@@ -327,26 +278,14 @@ mod tests {
         let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.91).cos()).collect();
         let expect = naive(&a, &b, m, k, n);
         let mut c = vec![1.0; m * n];
-        matmul(
-            MatMut::rows(&mut c, m, n),
-            Mat::rows(&a, m, k),
-            Mat::rows(&b, k, n),
-            1.0,
-            true,
-        );
+        matmul(MatMut::rows(&mut c, m, n), Mat::rows(&a, m, k), Mat::rows(&b, k, n), 1.0, true);
         for (x, e) in c.iter().zip(&expect) {
             assert!((x - 1.0 - e).abs() < 1e-12);
         }
         // b given as the transpose of an n × k row-major buffer.
         let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
         let mut c2 = vec![0.0; m * n];
-        matmul(
-            MatMut::rows(&mut c2, m, n),
-            Mat::rows(&a, m, k),
-            Mat::rows_t(&bt, n, k),
-            2.0,
-            false,
-        );
+        matmul(MatMut::rows(&mut c2, m, n), Mat::rows(&a, m, k), Mat::rows_t(&bt, n, k), 2.0, false);
         for (x, e) in c2.iter().zip(&expect) {
             assert!((x - 2.0 * e).abs() < 1e-12);
         }

@@ -44,18 +44,13 @@ impl TextCodec {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
-            return Err(Error::format(
-                dir,
-                "tokenizer.json is missing from the checkpoint directory",
-            ));
+            return Err(Error::format(dir, "tokenizer.json is missing from the checkpoint directory"));
         }
-        let tokenizer =
-            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| tok_err(&tok_path, e))?;
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| tok_err(&tok_path, e))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Json = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-            serde_json::from_str(&text)
-                .map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?
+            serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?
         } else {
             json!({})
         };
@@ -72,29 +67,18 @@ impl TextCodec {
         };
         let jinja = dir.join("chat_template.jinja");
         if chat_template.is_none() && jinja.exists() {
-            chat_template =
-                Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?);
+            chat_template = Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?);
         }
         let bos_token = token_string(cfg.get("bos_token"));
         let eos_token = token_string(cfg.get("eos_token"));
         let eos_id = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t));
-        Self::finish(
-            tokenizer,
-            tok_path,
-            bos_token,
-            eos_token,
-            eos_id,
-            chat_template,
-        )
+        Self::finish(tokenizer, tok_path, bos_token, eos_token, eos_id, chat_template)
     }
 
     /// From GGUF metadata (`tokenizer.ggml.*`), as transformers converts it.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let path = &file.path;
-        let model = file
-            .get("tokenizer.ggml.model")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let model = file.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
         if model != "gpt2" {
             return Err(Error::format(
                 path,
@@ -125,20 +109,11 @@ impl TextCodec {
             .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
             .unwrap_or_else(|| vec![1; tokens.len()]);
         let id = |key: &str| file.get(key).and_then(Value::as_u64).map(|v| v as u32);
-        let (bos_id, eos_id) = (
-            id("tokenizer.ggml.bos_token_id"),
-            id("tokenizer.ggml.eos_token_id"),
-        );
-        let add_bos = file
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let (bos_id, eos_id) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
+        let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
 
-        let vocab: serde_json::Map<String, Json> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), json!(i)))
-            .collect();
+        let vocab: serde_json::Map<String, Json> =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
         let merges: Vec<Json> = merges
             .iter()
             .map(|m| {
@@ -184,19 +159,9 @@ impl TextCodec {
         });
         let tokenizer: tokenizers::Tokenizer =
             serde_json::from_value::<tokenizers::Tokenizer>(doc).map_err(|e| tok_err(path, e))?;
-        let chat_template = file
-            .get("tokenizer.chat_template")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let chat_template = file.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
         let eos_str = eos_id.and_then(|i| tokens.get(i as usize)).cloned();
-        Self::finish(
-            tokenizer,
-            path.clone(),
-            bos_str,
-            eos_str,
-            eos_id,
-            chat_template,
-        )
+        Self::finish(tokenizer, path.clone(), bos_str, eos_str, eos_id, chat_template)
     }
 
     fn finish(
@@ -207,15 +172,7 @@ impl TextCodec {
         eos_id: Option<u32>,
         chat_template: Option<String>,
     ) -> Result<Self> {
-        let mut codec = TextCodec {
-            tokenizer,
-            source,
-            bos_token,
-            eos_token,
-            eos_id,
-            chat_template,
-            end_of_turn: None,
-        };
+        let mut codec = TextCodec { tokenizer, source, bos_token, eos_token, eos_id, chat_template, end_of_turn: None };
         codec.end_of_turn = codec.detect_end_of_turn()?.or(eos_id);
         Ok(codec)
     }
@@ -237,10 +194,7 @@ impl TextCodec {
         let Some(&first) = ids.first() else {
             return Ok(None);
         };
-        let is_special = self
-            .tokenizer
-            .get_added_vocabulary()
-            .is_special_token(&self.token(first).unwrap_or_default());
+        let is_special = self.tokenizer.get_added_vocabulary().is_special_token(&self.token(first).unwrap_or_default());
         Ok(is_special.then_some(first))
     }
 
@@ -254,51 +208,37 @@ impl TextCodec {
 
     /// Token ids of `text`; `add_special` applies the tokenizer's post-processor (e.g. BOS).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode(text, add_special)
-            .map_err(|e| tok_err(&self.source, e))?;
+        let enc = self.tokenizer.encode(text, add_special).map_err(|e| tok_err(&self.source, e))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.tokenizer
-            .decode(ids, skip_special)
-            .map_err(|e| tok_err(&self.source, e))
+        self.tokenizer.decode(ids, skip_special).map_err(|e| tok_err(&self.source, e))
     }
 
     /// Render the chat template for `messages` (a JSON list of `{role, content}`).
     pub fn render(&self, messages: &Json, add_generation_prompt: bool) -> Result<String> {
-        let template = self.chat_template.as_deref().ok_or_else(|| {
-            Error::format(&self.source, "the model has no chat template; use --raw")
-        })?;
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::format(&self.source, "the model has no chat template; use --raw"))?;
         let mut env = minijinja::Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
         env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
-        env.add_template("chat", template)
-            .map_err(|e| tok_err(&self.source, format!("chat template: {e}")))?;
-        let tmpl = env
-            .get_template("chat")
-            .map_err(|e| tok_err(&self.source, e))?;
+        env.add_template("chat", template).map_err(|e| tok_err(&self.source, format!("chat template: {e}")))?;
+        let tmpl = env.get_template("chat").map_err(|e| tok_err(&self.source, e))?;
         let ctx = minijinja::context! {
             messages => minijinja::Value::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        tmpl.render(ctx)
-            .map_err(|e| tok_err(&self.source, format!("chat template: {e}")))
+        tmpl.render(ctx).map_err(|e| tok_err(&self.source, format!("chat template: {e}")))
     }
 
     /// The token ids of a single user turn followed by the generation prompt, as transformers'

@@ -62,10 +62,7 @@ pub trait WeightSource {
 }
 
 fn shape_error(path: &Path, name: &str, found: &[usize], expected: &[usize]) -> Error {
-    Error::format(
-        path,
-        format!("tensor {name} has shape {found:?}, expected {expected:?}"),
-    )
+    Error::format(path, format!("tensor {name} has shape {found:?}, expected {expected:?}"))
 }
 
 struct Shard {
@@ -87,18 +84,14 @@ impl SafetensorsSource {
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| Error::format(&index_path, "no \"weight_map\" object"))?;
-            let mut names: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect();
+            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
             names.sort();
             names.dedup();
             names.into_iter().map(|n| dir.join(n)).collect()
@@ -119,9 +112,8 @@ impl SafetensorsSource {
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: read-only map of an input file the tool never writes.
             let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
-                Error::format(&path, format!("not a valid safetensors file: {e:?}"))
-            })?;
+            let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap)
+                .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e:?}")))?;
             let data_start = 8 + n;
             let mut tensors = BTreeMap::new();
             for (name, info) in meta.tensors() {
@@ -135,12 +127,7 @@ impl SafetensorsSource {
                 index.insert(name.clone(), shards.len());
                 tensors.insert(name, info.clone());
             }
-            shards.push(Shard {
-                path,
-                mmap,
-                data_start,
-                tensors,
-            });
+            shards.push(Shard { path, mmap, data_start, tensors });
         }
         Ok(SafetensorsSource { shards, index })
     }
@@ -152,10 +139,7 @@ impl SafetensorsSource {
 
     /// Path of the shard holding `name`, for error messages.
     fn describe(&self) -> PathBuf {
-        self.shards
-            .first()
-            .map(|s| s.path.clone())
-            .unwrap_or_default()
+        self.shards.first().map(|s| s.path.clone()).unwrap_or_default()
     }
 }
 
@@ -166,9 +150,8 @@ impl WeightSource for SafetensorsSource {
 
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
         let name = role.hf_name();
-        let (shard, info) = self
-            .lookup(&name)
-            .ok_or_else(|| Error::format(&self.describe(), format!("tensor {name} is missing")))?;
+        let (shard, info) =
+            self.lookup(&name).ok_or_else(|| Error::format(&self.describe(), format!("tensor {name} is missing")))?;
         if info.shape != shape {
             return Err(shape_error(&shard.path, &name, &info.shape, shape));
         }
@@ -176,36 +159,23 @@ impl WeightSource for SafetensorsSource {
         let bytes = &shard.mmap[shard.data_start + a..shard.data_start + b];
         use safetensors::Dtype;
         let n: usize = shape.iter().product();
-        let width =
-            match info.dtype {
-                Dtype::F32 => 4,
-                Dtype::F16 | Dtype::BF16 => 2,
-                other => return Err(Error::format(
+        let width = match info.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            other => {
+                return Err(Error::format(
                     &shard.path,
-                    format!(
-                        "tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"
-                    ),
-                )),
-            };
+                    format!("tensor {name} has dtype {other:?}; only F32, F16 and BF16 are supported"),
+                ))
+            }
+        };
         if bytes.len() != n * width {
-            return Err(Error::format(
-                &shard.path,
-                format!("tensor {name}: byte size does not match its shape"),
-            ));
+            return Err(Error::format(&shard.path, format!("tensor {name}: byte size does not match its shape")));
         }
         Ok(match info.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            _ => bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            _ => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         })
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use crispr::model::llama::LlamaModel;
-use crispr::model::ModuleId;
+use crispr::model::LanguageModel;
 use crispr::score::logprob_with_grads;
 
 /// log P(candidate | prompt) with `delta` added to one unit of one module's output at one position.
@@ -12,12 +12,12 @@ fn perturbed_logprob(
     model: &LlamaModel<f64>,
     prompt: &[u32],
     cand: &[u32],
-    at: (ModuleId, usize, usize),
+    at: (usize, usize, usize),
     delta: f64,
 ) -> f64 {
     let (target, pos, unit) = at;
-    let width = model.cfg.out_dim(target.proj);
-    let mut hook = |id: ModuleId, y: &mut [f64]| {
+    let width = model.sites()[target].width;
+    let mut hook = |id: usize, y: &mut [f64]| {
         if id == target {
             y[pos * width + unit] += delta;
         }
@@ -30,16 +30,12 @@ fn check(family: &str) {
     let loaded = crispr::loader::load(&dir).unwrap();
     let model: LlamaModel<f64> = loaded.model.cast();
     // A short sequence keeps the 2·(samples) extra forward passes cheap.
-    let prompt: Vec<u32> = (0..24)
-        .map(|i| (i * 37 + 11) % model.cfg.vocab_size as u32)
-        .collect();
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % model.cfg.vocab_size as u32).collect();
     let cand = vec![5u32, 77, 123];
     let n = prompt.len() + cand.len();
     let mut grads = Vec::new();
-    logprob_with_grads(&model, &prompt, &cand, None, &mut |id, _act, g| {
-        grads.push((id, g.to_vec()))
-    });
-    assert_eq!(grads.len(), model.cfg.num_layers * 7);
+    logprob_with_grads(&model, &prompt, &cand, None, &mut |id, _act, g| grads.push((id, g.to_vec())));
+    assert_eq!(grads.len(), model.sites().len(), "every site (7 linear + the FFN activation per layer) visited");
     let eps = 1e-5;
     let mut worst = 0f64;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
@@ -50,12 +46,10 @@ fn check(family: &str) {
         (rng % m as u64) as usize
     };
     for (id, g) in &grads {
-        let width = model.cfg.out_dim(id.proj);
+        let width = model.sites()[*id].width;
+        let name = &model.sites()[*id].name;
         let module_scale = g.iter().fold(0f64, |m, x| m.max(x.abs()));
-        assert!(
-            module_scale > 0.0,
-            "{family} {id}: gradient is identically zero"
-        );
+        assert!(module_scale > 0.0, "{family} {name}: gradient is identically zero");
         // Positions include the prompt (gradients flow back through attention) and the answer.
         for _ in 0..4 {
             let (pos, unit) = (next(n), next(width));
@@ -65,7 +59,10 @@ fn check(family: &str) {
             let an = g[pos * width + unit];
             let rel = (fd - an).abs() / an.abs().max(1e-2 * module_scale);
             worst = worst.max(rel);
-            assert!(rel <= 1e-6, "{family} {id} pos {pos} unit {unit}: analytic {an:e} vs finite difference {fd:e} (rel {rel:e})");
+            assert!(
+                rel <= 1e-6,
+                "{family} {name} pos {pos} unit {unit}: analytic {an:e} vs finite difference {fd:e} (rel {rel:e})"
+            );
         }
     }
     eprintln!("{family}: worst relative error {worst:e}");

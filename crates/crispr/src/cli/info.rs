@@ -23,9 +23,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         ModelFormat::Gguf(p) => ("gguf", p),
     };
     let params = loaded.model.parameter_count();
-    let eot = text
-        .end_of_turn
-        .map(|id| json!({"id": id, "token": text.token(id)}));
+    let eot = text.end_of_turn.map(|id| json!({"id": id, "token": text.token(id)}));
     let info = json!({
         "path": path.display().to_string(),
         "format": format,
@@ -56,11 +54,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     }
     println!("model        {path}", path = path.display());
     println!("format       {format}");
-    println!(
-        "architecture {} (decoder-only), {:.1} M parameters",
-        cfg.arch.name(),
-        params as f64 / 1e6
-    );
+    println!("architecture {} (decoder-only), {:.1} M parameters", cfg.arch.name(), params as f64 / 1e6);
     println!(
         "shape        {} layers, hidden {}, ffn {}, heads {} (kv {}), head_dim {}, vocab {}",
         cfg.num_layers,
@@ -74,11 +68,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     println!(
         "rope         theta {}{}",
         cfg.rope_theta,
-        if cfg.rope_scaling.is_some() {
-            ", llama3 scaling"
-        } else {
-            ""
-        }
+        if cfg.rope_scaling.is_some() { ", llama3 scaling" } else { "" }
     );
     println!(
         "neurons      linear universe {} (q,k,v,o,gate,up,down), ffn universe {}",
@@ -86,10 +76,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
         cfg.ffn_universe()
     );
     match (&text.chat_template, text.end_of_turn) {
-        (Some(_), Some(id)) => println!(
-            "chat         template present, end of turn {:?} (id {id})",
-            text.token(id).unwrap_or_default()
-        ),
+        (Some(_), Some(id)) => {
+            println!("chat         template present, end of turn {:?} (id {id})", text.token(id).unwrap_or_default())
+        }
         (Some(_), None) => println!("chat         template present, no end-of-turn token found"),
         (None, _) => println!("chat         no template (use --raw when scoring)"),
     }

@@ -9,11 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "crispr",
-    version,
-    about = "Find and remove bias neurons in instruction-following language models"
-)]
+#[command(name = "crispr", version, about = "Find and remove bias neurons in instruction-following language models")]
 struct Cli {
     /// Worker threads for matrix products (default: all cores).
     #[arg(long, global = true)]
@@ -49,13 +45,8 @@ impl ModelArgs {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
-    let threads = cli
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build_global()
-        .context("starting the thread pool")?;
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().context("starting the thread pool")?;
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Score(a) => score::run(a),

@@ -47,18 +47,10 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             continue;
         }
         let parsed: ScoreLine = serde_json::from_str(&line).map_err(|e| {
-            anyhow!(
-                "{}: line {}: {e} (expected {{\"prompt\": str, \"candidates\": [str]}})",
-                path.display(),
-                i + 1
-            )
+            anyhow!("{}: line {}: {e} (expected {{\"prompt\": str, \"candidates\": [str]}})", path.display(), i + 1)
         })?;
         if parsed.candidates.is_empty() {
-            return Err(anyhow!(
-                "{}: line {}: \"candidates\" is empty",
-                path.display(),
-                i + 1
-            ));
+            return Err(anyhow!("{}: line {}: \"candidates\" is empty", path.display(), i + 1));
         }
         lines.push((i + 1, parsed));
     }
@@ -92,17 +84,9 @@ pub struct GenerateArgs {
 pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let loaded = args.model.load()?;
     let enc = score::encode(&loaded.text, style(args.raw), &args.prompt, &[])?;
-    let stop: Vec<u32> = loaded
-        .text
-        .end_of_turn
-        .into_iter()
-        .chain(loaded.text.eos_id)
-        .collect();
+    let stop: Vec<u32> = loaded.text.end_of_turn.into_iter().chain(loaded.text.eos_id).collect();
     let ids = score::generate(&loaded.model, &enc.prompt, args.max_new_tokens, &stop);
     let text = loaded.text.decode(&ids, true)?;
-    println!(
-        "{}",
-        json!({"prompt_ids": enc.prompt, "ids": ids, "text": text})
-    );
+    println!("{}", json!({"prompt_ids": enc.prompt, "ids": ids, "text": text}));
     Ok(())
 }

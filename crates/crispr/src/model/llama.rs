@@ -10,27 +10,9 @@
 
 use rayon::prelude::*;
 
-use crate::model::{LlamaConfig, ModuleId, Proj, RopeScaling};
+pub use crate::model::{ForwardHook, GradVisitor};
+use crate::model::{LanguageModel, Linear, LlamaConfig, ModuleId, Proj, RopeScaling, SiteInfo, Universe};
 use crate::tensor::{linear, linear_backward_into, matmul_serial, Float, Mat, MatMut};
-
-/// One linear layer, weight `[out × in]`, optional bias `[out]`.
-#[derive(Clone, Debug)]
-pub struct Linear<F> {
-    pub weight: Vec<F>,
-    pub bias: Option<Vec<F>>,
-    pub out_dim: usize,
-    pub in_dim: usize,
-}
-
-impl<F: Float> Linear<F> {
-    pub fn forward(&self, x: &[F], tokens: usize) -> Vec<F> {
-        linear(x, tokens, &self.weight, self.bias.as_deref(), self.out_dim)
-    }
-
-    pub fn backward_into(&self, dx: &mut [F], dy: &[F], tokens: usize) {
-        linear_backward_into(dx, dy, tokens, &self.weight, self.out_dim);
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct Layer<F> {
@@ -53,7 +35,7 @@ impl<F> Layer<F> {
             Proj::V => &self.v,
             Proj::O => &self.o,
             Proj::Gate => &self.gate,
-            Proj::Up => &self.up,
+            Proj::Up | Proj::Act => &self.up,
             Proj::Down => &self.down,
         }
     }
@@ -65,7 +47,7 @@ impl<F> Layer<F> {
             Proj::V => &mut self.v,
             Proj::O => &mut self.o,
             Proj::Gate => &mut self.gate,
-            Proj::Up => &mut self.up,
+            Proj::Up | Proj::Act => &mut self.up,
             Proj::Down => &mut self.down,
         }
     }
@@ -82,6 +64,7 @@ pub struct LlamaModel<F> {
     /// `None` when the output projection is tied to the embedding.
     pub lm_head: Option<Vec<F>>,
     rope: RopeTable,
+    sites: Vec<SiteInfo>,
 }
 
 /// Keys (after RoPE) and values of the positions seen so far, per layer.
@@ -140,15 +123,9 @@ struct LayerTrace<F> {
     inv_rms2: Vec<F>,
     gate: Vec<F>,
     up: Vec<F>,
+    act: Vec<F>,
     down: Vec<F>,
 }
-
-/// Called with every linear output right after it is computed (`[tokens × out]`); may modify it.
-pub type ForwardHook<'a, F> = &'a mut dyn FnMut(ModuleId, &mut [F]);
-
-/// Receives, for every hooked module, its activation and the objective's gradient with respect to
-/// it (`[tokens × out]` each) during the backward pass.
-pub type GradVisitor<'a, F> = &'a mut dyn FnMut(ModuleId, &[F], &[F]);
 
 impl<F: Float> LlamaModel<F> {
     pub fn new(
@@ -159,21 +136,35 @@ impl<F: Float> LlamaModel<F> {
         lm_head: Option<Vec<F>>,
     ) -> Self {
         let rope = RopeTable::new(&cfg);
-        LlamaModel {
-            cfg,
-            embed,
-            layers,
-            final_norm,
-            lm_head,
-            rope,
-        }
+        let sites = (0..cfg.num_layers * Proj::SITES.len())
+            .map(|i| {
+                let id = ModuleId::from_index(i);
+                let kind = match id.proj {
+                    Proj::Q => "q",
+                    Proj::K => "k",
+                    Proj::V => "v",
+                    Proj::O => "o",
+                    Proj::Gate => "gate",
+                    Proj::Up => "up",
+                    Proj::Act => "act",
+                    Proj::Down => "down",
+                };
+                let universe = if id.proj == Proj::Act { Universe::Ffn } else { Universe::Linear };
+                SiteInfo {
+                    name: id.to_string(),
+                    layer: id.layer,
+                    kind,
+                    stack: "decoder",
+                    width: cfg.out_dim(id.proj),
+                    universe,
+                }
+            })
+            .collect();
+        LlamaModel { cfg, embed, layers, final_norm, lm_head, rope, sites }
     }
 
     pub fn new_cache(&self) -> KvCache<F> {
-        KvCache {
-            layers: vec![(Vec::new(), Vec::new()); self.layers.len()],
-            len: 0,
-        }
+        KvCache { layers: vec![(Vec::new(), Vec::new()); self.layers.len()], len: 0 }
     }
 
     fn kv_width(&self) -> usize {
@@ -197,12 +188,7 @@ impl<F: Float> LlamaModel<F> {
 
     /// Run `tokens` after the positions already in `cache`, appending to it. Returns the output of
     /// the final norm for the new positions, `[tokens × hidden]`.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache<F>,
-        hook: Option<ForwardHook<'_, F>>,
-    ) -> Vec<F> {
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache<F>, hook: Option<ForwardHook<'_, F>>) -> Vec<F> {
         self.run(tokens, cache, hook, None)
     }
 
@@ -210,15 +196,8 @@ impl<F: Float> LlamaModel<F> {
     pub fn forward_traced(&self, tokens: &[u32], hook: Option<ForwardHook<'_, F>>) -> Trace<F> {
         let mut cache = self.new_cache();
         let mut layers = Vec::with_capacity(self.layers.len());
-        let (final_in, final_inv_rms, hidden) =
-            self.run_inner(tokens, &mut cache, hook, Some(&mut layers));
-        Trace {
-            tokens: tokens.len(),
-            layers,
-            final_in,
-            final_inv_rms,
-            hidden,
-        }
+        let (final_in, final_inv_rms, hidden) = self.run_inner(tokens, &mut cache, hook, Some(&mut layers));
+        Trace { tokens: tokens.len(), layers, final_in, final_inv_rms, hidden }
     }
 
     fn run(
@@ -268,7 +247,7 @@ impl<F: Float> LlamaModel<F> {
         let cfg = &self.cfg;
         let mut apply = |proj: Proj, y: &mut Vec<F>| {
             if let Some(h) = hook.as_mut() {
-                h(ModuleId { layer: l, proj }, y);
+                h(ModuleId { layer: l, proj }.index(), y);
             }
         };
         let x_in = x.to_vec();
@@ -281,11 +260,9 @@ impl<F: Float> LlamaModel<F> {
         apply(Proj::V, &mut v);
 
         let mut q_rot = q.clone();
-        self.rope
-            .apply(&mut q_rot, n, cfg.num_heads, cfg.head_dim, pos0, false);
+        self.rope.apply(&mut q_rot, n, cfg.num_heads, cfg.head_dim, pos0, false);
         let mut k_rot = k.clone();
-        self.rope
-            .apply(&mut k_rot, n, cfg.num_kv_heads, cfg.head_dim, pos0, false);
+        self.rope.apply(&mut k_rot, n, cfg.num_kv_heads, cfg.head_dim, pos0, false);
         k_cache.extend_from_slice(&k_rot);
         v_cache.extend_from_slice(&v);
 
@@ -301,28 +278,14 @@ impl<F: Float> LlamaModel<F> {
         apply(Proj::Gate, &mut gate);
         let mut up = layer.up.forward(&h2, n);
         apply(Proj::Up, &mut up);
-        let act: Vec<F> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
+        let mut act: Vec<F> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
+        apply(Proj::Act, &mut act);
         let mut down = layer.down.forward(&act, n);
         apply(Proj::Down, &mut down);
         for (xi, di) in x.iter_mut().zip(&down) {
             *xi += *di;
         }
-        LayerTrace {
-            x_in,
-            inv_rms1,
-            q,
-            k,
-            v,
-            q_rot,
-            k_rot,
-            probs,
-            o,
-            x_mid,
-            inv_rms2,
-            gate,
-            up,
-            down,
-        }
+        LayerTrace { x_in, inv_rms1, q, k, v, q_rot, k_rot, probs, o, x_mid, inv_rms2, gate, up, act, down }
     }
 
     /// Causal (optionally sliding-window) grouped-query attention of `n` new queries over all
@@ -374,8 +337,7 @@ impl<F: Float> LlamaModel<F> {
         let mut probs = Vec::with_capacity(nh * n * keys);
         for (h, (out, p)) in per_head.into_iter().enumerate() {
             for i in 0..n {
-                attn[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd]
-                    .copy_from_slice(&out[i * hd..(i + 1) * hd]);
+                attn[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&out[i * hd..(i + 1) * hd]);
             }
             probs.extend_from_slice(&p);
         }
@@ -395,13 +357,7 @@ impl<F: Float> LlamaModel<F> {
 
     /// Backward pass. `d_logits` is the gradient with respect to the logits of `rows` (as returned
     /// by [`Self::logits`]). Calls `visit` once per hooked module, last layer first.
-    pub fn backward(
-        &self,
-        trace: &Trace<F>,
-        rows: &[usize],
-        d_logits: &[F],
-        visit: GradVisitor<'_, F>,
-    ) {
+    pub fn backward(&self, trace: &Trace<F>, rows: &[usize], d_logits: &[F], visit: GradVisitor<'_, F>) {
         let cfg = &self.cfg;
         let (n, d) = (trace.tokens, cfg.hidden_size);
         let head = self.lm_head.as_deref().unwrap_or(&self.embed);
@@ -409,42 +365,27 @@ impl<F: Float> LlamaModel<F> {
         linear_backward_into(&mut d_sel, d_logits, rows.len(), head, cfg.vocab_size);
         let mut d_hidden = vec![F::ZERO; n * d];
         for (i, &r) in rows.iter().enumerate() {
-            for (a, &b) in d_hidden[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(&d_sel[i * d..(i + 1) * d])
-            {
+            for (a, &b) in d_hidden[r * d..(r + 1) * d].iter_mut().zip(&d_sel[i * d..(i + 1) * d]) {
                 *a += b;
             }
         }
         let mut dx = vec![F::ZERO; n * d];
-        rms_norm_backward(
-            &mut dx,
-            &d_hidden,
-            &trace.final_in,
-            &trace.final_inv_rms,
-            &self.final_norm,
-        );
+        rms_norm_backward(&mut dx, &d_hidden, &trace.final_in, &trace.final_inv_rms, &self.final_norm);
         for l in (0..self.layers.len()).rev() {
             self.layer_backward(l, &trace.layers[l], &mut dx, n, visit);
         }
     }
 
-    fn layer_backward(
-        &self,
-        l: usize,
-        t: &LayerTrace<F>,
-        dx: &mut [F],
-        n: usize,
-        visit: GradVisitor<'_, F>,
-    ) {
+    fn layer_backward(&self, l: usize, t: &LayerTrace<F>, dx: &mut [F], n: usize, visit: GradVisitor<'_, F>) {
         let cfg = &self.cfg;
         let layer = &self.layers[l];
-        let id = |proj| ModuleId { layer: l, proj };
+        let id = |proj| ModuleId { layer: l, proj }.index();
         // MLP: x_out = x_mid + down(silu(gate) ⊙ up)
         let d_down = dx.to_vec();
         visit(id(Proj::Down), &t.down, &d_down);
         let mut d_act = vec![F::ZERO; n * cfg.intermediate_size];
         layer.down.backward_into(&mut d_act, &d_down, n);
+        visit(id(Proj::Act), &t.act, &d_act);
         let mut d_gate = vec![F::ZERO; d_act.len()];
         let mut d_up = vec![F::ZERO; d_act.len()];
         for i in 0..d_act.len() {
@@ -466,10 +407,8 @@ impl<F: Float> LlamaModel<F> {
         let mut d_attn = vec![F::ZERO; n * cfg.num_heads * cfg.head_dim];
         layer.o.backward_into(&mut d_attn, &d_o, n);
         let (mut dq, mut dk, dv) = self.attention_backward(t, &d_attn, n);
-        self.rope
-            .apply(&mut dq, n, cfg.num_heads, cfg.head_dim, 0, true);
-        self.rope
-            .apply(&mut dk, n, cfg.num_kv_heads, cfg.head_dim, 0, true);
+        self.rope.apply(&mut dq, n, cfg.num_heads, cfg.head_dim, 0, true);
+        self.rope.apply(&mut dk, n, cfg.num_kv_heads, cfg.head_dim, 0, true);
         visit(id(Proj::Q), &t.q, &dq);
         visit(id(Proj::K), &t.k, &dk);
         visit(id(Proj::V), &t.v, &dv);
@@ -481,12 +420,7 @@ impl<F: Float> LlamaModel<F> {
     }
 
     /// Gradients of the attention inputs (rotated q and k, and v) from that of its output.
-    fn attention_backward(
-        &self,
-        t: &LayerTrace<F>,
-        d_attn: &[F],
-        n: usize,
-    ) -> (Vec<F>, Vec<F>, Vec<F>) {
+    fn attention_backward(&self, t: &LayerTrace<F>, d_attn: &[F], n: usize) -> (Vec<F>, Vec<F>, Vec<F>) {
         let cfg = &self.cfg;
         let (nh, hd) = (cfg.num_heads, cfg.head_dim);
         let group = nh / cfg.num_kv_heads;
@@ -500,13 +434,7 @@ impl<F: Float> LlamaModel<F> {
                 let d_out = Mat::strided(d_attn, h * hd, n, hd, nh * hd, 1);
                 // dV = Pᵀ dO
                 let mut dv = vec![F::ZERO; n * hd];
-                matmul_serial(
-                    MatMut::rows(&mut dv, n, hd),
-                    Mat::rows(p, n, n).transpose(),
-                    d_out,
-                    F::ONE,
-                    false,
-                );
+                matmul_serial(MatMut::rows(&mut dv, n, hd), Mat::rows(p, n, n).transpose(), d_out, F::ONE, false);
                 // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale
                 let mut ds = vec![F::ZERO; n * n];
                 matmul_serial(
@@ -553,8 +481,7 @@ impl<F: Float> LlamaModel<F> {
         for (h, (q_h, k_h, v_h)) in per_head.into_iter().enumerate() {
             let kvh = h / group;
             for i in 0..n {
-                dq[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd]
-                    .copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
+                dq[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
                 for j in 0..hd {
                     dk[i * kvw + kvh * hd + j] += k_h[i * hd + j];
                     dv[i * kvw + kvh * hd + j] += v_h[i * hd + j];
@@ -583,11 +510,7 @@ pub fn softmax_in_place<F: Float>(row: &mut [F]) {
     }
     let mut sum = F::ZERO;
     for v in row.iter_mut() {
-        *v = if *v == F::NEG_INFINITY {
-            F::ZERO
-        } else {
-            (*v - m).exp()
-        };
+        *v = if *v == F::NEG_INFINITY { F::ZERO } else { (*v - m).exp() };
         sum += *v;
     }
     let inv = F::ONE / sum;
@@ -619,12 +542,7 @@ pub fn rms_norm<F: Float>(x: &[F], w: &[F], eps: f64) -> (Vec<F>, Vec<F>) {
 /// `dx_j = r·w_j·dy_j − x_j·r³·mean(w ⊙ dy ⊙ x)`.
 pub fn rms_norm_backward<F: Float>(dx: &mut [F], dy: &[F], x: &[F], inv_rms: &[F], w: &[F]) {
     let d = w.len();
-    for (((dxr, dyr), xr), &r) in dx
-        .chunks_exact_mut(d)
-        .zip(dy.chunks_exact(d))
-        .zip(x.chunks_exact(d))
-        .zip(inv_rms)
-    {
+    for (((dxr, dyr), xr), &r) in dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(x.chunks_exact(d)).zip(inv_rms) {
         let mut dot = F::ZERO;
         for ((&dyv, &xv), &wv) in dyr.iter().zip(xr).zip(w) {
             dot += wv * dyv * xv;
@@ -645,15 +563,10 @@ struct RopeTable {
 impl RopeTable {
     fn new(cfg: &LlamaConfig) -> Self {
         let dim = cfg.head_dim;
-        let mut inv_freq: Vec<f64> = (0..dim / 2)
-            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64))
-            .collect();
-        if let Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position,
-        }) = cfg.rope_scaling
+        let mut inv_freq: Vec<f64> =
+            (0..dim / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
+        if let Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) =
+            cfg.rope_scaling
         {
             let old = original_max_position as f64;
             let low_wavelen = old / low_freq_factor;
@@ -663,8 +576,7 @@ impl RopeTable {
                 if wavelen > low_wavelen {
                     *f /= factor;
                 } else if wavelen >= high_wavelen {
-                    let smooth =
-                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                     *f = (1.0 - smooth) * *f / factor + smooth * *f;
                 }
             }
@@ -674,15 +586,7 @@ impl RopeTable {
 
     /// Rotate `x` (`[n × heads·head_dim]`, positions `pos0..pos0+n`) in place; `inverse` applies
     /// the transpose rotation, which is the backward of the forward rotation.
-    fn apply<F: Float>(
-        &self,
-        x: &mut [F],
-        n: usize,
-        heads: usize,
-        head_dim: usize,
-        pos0: usize,
-        inverse: bool,
-    ) {
+    fn apply<F: Float>(&self, x: &mut [F], n: usize, heads: usize, head_dim: usize, pos0: usize, inverse: bool) {
         let half = head_dim / 2;
         for i in 0..n {
             let pos = (pos0 + i) as f64;
@@ -691,10 +595,7 @@ impl RopeTable {
                 .iter()
                 .map(|f| {
                     let a = pos * f;
-                    (
-                        F::from_f64(a.cos()),
-                        F::from_f64(if inverse { -a.sin() } else { a.sin() }),
-                    )
+                    (F::from_f64(a.cos()), F::from_f64(if inverse { -a.sin() } else { a.sin() }))
                 })
                 .unzip();
             for h in 0..heads {
@@ -720,15 +621,42 @@ impl<F> LlamaModel<F> {
             .map(|l| {
                 l.attn_norm.len()
                     + l.mlp_norm.len()
-                    + [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                        .into_iter()
-                        .map(lin)
-                        .sum::<usize>()
+                    + [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(lin).sum::<usize>()
             })
             .sum();
-        self.embed.len()
-            + layers
-            + self.final_norm.len()
-            + self.lm_head.as_ref().map_or(0, Vec::len)
+        self.embed.len() + layers + self.final_norm.len() + self.lm_head.as_ref().map_or(0, Vec::len)
+    }
+}
+
+impl<F: Float> LanguageModel<F> for LlamaModel<F> {
+    fn sites(&self) -> &[SiteInfo] {
+        &self.sites
+    }
+
+    fn score(&self, prompt: &[u32], candidates: &[Vec<u32>]) -> Vec<f64> {
+        crate::score::score(self, prompt, candidates)
+    }
+
+    fn logprob_with_grads(
+        &self,
+        prompt: &[u32],
+        candidate: &[u32],
+        hook: Option<ForwardHook<'_, F>>,
+        visit: GradVisitor<'_, F>,
+    ) -> f64 {
+        crate::score::logprob_with_grads(self, prompt, candidate, hook, visit)
+    }
+
+    fn generate(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
+        crate::score::generate(self, prompt, max_new, stop)
+    }
+
+    fn prune_target(&mut self, site: usize) -> &mut Linear<F> {
+        let id = ModuleId::from_index(site);
+        self.layers[id.layer].proj_mut(id.proj)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
     }
 }

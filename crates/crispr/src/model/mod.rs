@@ -1,8 +1,12 @@
 //! Model definitions: configuration, module naming, and the per-family forward/backward code.
 
+pub mod linear;
 pub mod llama;
 
 use std::fmt;
+
+use crate::tensor::Float;
+pub use linear::Linear;
 
 /// Which member of the Llama family a checkpoint is; they differ only in details the loader and
 /// the forward pass need to know (biases, sliding window, naming in `info`).
@@ -27,12 +31,7 @@ impl Arch {
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub enum RopeScaling {
     /// Llama 3.1 frequency-dependent scaling.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position: usize,
-    },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: usize },
 }
 
 /// Hyper-parameters of a Llama-family decoder.
@@ -56,7 +55,7 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
 }
 
-/// The linear layers of a Llama-family block, in forward order.
+/// The hooked sites of a Llama-family block, in forward order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proj {
     Q,
@@ -65,19 +64,16 @@ pub enum Proj {
     O,
     Gate,
     Up,
+    /// The gated activation `silu(gate) ⊙ up` (input of `down`): the `ffn` universe's units.
+    Act,
     Down,
 }
 
 impl Proj {
-    pub const ALL: [Proj; 7] = [
-        Proj::Q,
-        Proj::K,
-        Proj::V,
-        Proj::O,
-        Proj::Gate,
-        Proj::Up,
-        Proj::Down,
-    ];
+    /// The linear layers (the `linear` universe), in forward order.
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+    /// Every hooked site, in forward order.
+    pub const SITES: [Proj; 8] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Act, Proj::Down];
 
     /// The module path suffix in the transformers naming.
     pub fn hf_suffix(self) -> &'static str {
@@ -88,6 +84,7 @@ impl Proj {
             Proj::O => "self_attn.o_proj",
             Proj::Gate => "mlp.gate_proj",
             Proj::Up => "mlp.up_proj",
+            Proj::Act => "mlp.act_fn",
             Proj::Down => "mlp.down_proj",
         }
     }
@@ -100,7 +97,7 @@ impl Proj {
             Proj::V => "attn_v",
             Proj::O => "attn_output",
             Proj::Gate => "ffn_gate",
-            Proj::Up => "ffn_up",
+            Proj::Up | Proj::Act => "ffn_up",
             Proj::Down => "ffn_down",
         }
     }
@@ -125,8 +122,17 @@ impl ModuleId {
         let rest = s.strip_prefix("model.layers.")?;
         let (layer, suffix) = rest.split_once('.')?;
         let layer = layer.parse().ok()?;
-        let proj = Proj::ALL.into_iter().find(|p| p.hf_suffix() == suffix)?;
+        let proj = Proj::SITES.into_iter().find(|p| p.hf_suffix() == suffix)?;
         Some(ModuleId { layer, proj })
+    }
+
+    /// Index in the model's site table (see [`LanguageModel::sites`]).
+    pub fn index(self) -> usize {
+        self.layer * Proj::SITES.len() + Proj::SITES.iter().position(|&p| p == self.proj).expect("site")
+    }
+
+    pub fn from_index(i: usize) -> ModuleId {
+        ModuleId { layer: i / Proj::SITES.len(), proj: Proj::SITES[i % Proj::SITES.len()] }
     }
 }
 
@@ -137,7 +143,7 @@ impl LlamaConfig {
             Proj::Q => self.num_heads * self.head_dim,
             Proj::K | Proj::V => self.num_kv_heads * self.head_dim,
             Proj::O | Proj::Down => self.hidden_size,
-            Proj::Gate | Proj::Up => self.intermediate_size,
+            Proj::Gate | Proj::Up | Proj::Act => self.intermediate_size,
         }
     }
 
@@ -145,20 +151,14 @@ impl LlamaConfig {
     pub fn in_dim(&self, p: Proj) -> usize {
         match p {
             Proj::O => self.num_heads * self.head_dim,
-            Proj::Down => self.intermediate_size,
+            Proj::Down | Proj::Act => self.intermediate_size,
             _ => self.hidden_size,
         }
     }
 
     /// Every hooked module, layer by layer in forward order.
     pub fn modules(&self) -> Vec<ModuleId> {
-        (0..self.num_layers)
-            .flat_map(|layer| {
-                Proj::ALL
-                    .into_iter()
-                    .map(move |proj| ModuleId { layer, proj })
-            })
-            .collect()
+        (0..self.num_layers).flat_map(|layer| Proj::ALL.into_iter().map(move |proj| ModuleId { layer, proj })).collect()
     }
 
     /// Size of the `linear` neuron universe (every output unit of every hooked module).
@@ -194,13 +194,74 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!(
-                "head_dim ({}) must be even for rotary embeddings",
-                self.head_dim
-            ));
+            return Err(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
         }
         Ok(())
     }
+}
+
+/// The two neuron universes of the method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Universe {
+    /// Every output unit of every linear layer in the blocks (the paper's).
+    Linear,
+    /// The gated FFN activation units ("knowledge neurons").
+    Ffn,
+}
+
+impl Universe {
+    pub fn name(self) -> &'static str {
+        match self {
+            Universe::Linear => "linear",
+            Universe::Ffn => "ffn",
+        }
+    }
+}
+
+/// One hooked site: a linear layer's output, or an FFN activation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteInfo {
+    /// Module path in the transformers naming, e.g. `model.layers.7.mlp.down_proj`.
+    pub name: String,
+    pub layer: usize,
+    /// Short kind for grouping in reports: `q`, `k`, `v`, `o`, `gate`, `up`, `act`, `down`, …
+    pub kind: &'static str,
+    /// `"decoder"` for decoder-only models; `"encoder"`/`"decoder"` for T5.
+    pub stack: &'static str,
+    pub width: usize,
+    pub universe: Universe,
+}
+
+/// Called with every site's output (`[tokens × width]`) right after it is computed; may modify it.
+pub type ForwardHook<'a, F> = &'a mut dyn FnMut(usize, &mut [F]);
+
+/// Receives, for every site, its activation and the objective's gradient with respect to it
+/// (`[tokens × width]` each, over the positions the site sees) during a backward pass.
+pub type GradVisitor<'a, F> = &'a mut dyn FnMut(usize, &[F], &[F]);
+
+/// What the method needs from a model family. Token ids in, numbers out; prompt formatting lives
+/// in [`crate::score::encode`].
+pub trait LanguageModel<F: Float>: Send + Sync {
+    /// Every hooked site, indexed as in hooks and visitors.
+    fn sites(&self) -> &[SiteInfo];
+    /// Log-probability of each candidate continuation of `prompt` (teacher-forced).
+    fn score(&self, prompt: &[u32], candidates: &[Vec<u32>]) -> Vec<f64>;
+    /// `log P(candidate | prompt)`; calls `visit` for every site with its activation and the
+    /// gradient of that log-probability. One forward and one backward pass, no weight gradients.
+    fn logprob_with_grads(
+        &self,
+        prompt: &[u32],
+        candidate: &[u32],
+        hook: Option<ForwardHook<'_, F>>,
+        visit: GradVisitor<'_, F>,
+    ) -> f64;
+    /// Greedy decoding, stopping after any token in `stop`.
+    fn generate(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32>;
+    /// The linear layer whose `row` must be zeroed to silence unit `row` of `site` (the layer
+    /// itself for a linear site; the `up`/`wi_1` projection for an FFN activation).
+    fn prune_target(&mut self, site: usize) -> &mut Linear<F>;
+    fn vocab_size(&self) -> usize;
 }
 
 #[cfg(test)]
@@ -209,19 +270,15 @@ mod tests {
 
     #[test]
     fn module_names_round_trip() {
-        for proj in Proj::ALL {
+        for proj in Proj::SITES {
             let id = ModuleId { layer: 17, proj };
             assert_eq!(ModuleId::parse(&id.to_string()), Some(id));
         }
-        assert_eq!(
-            ModuleId {
-                layer: 7,
-                proj: Proj::Down
-            }
-            .to_string(),
-            "model.layers.7.mlp.down_proj"
-        );
+        assert_eq!(ModuleId { layer: 7, proj: Proj::Down }.to_string(), "model.layers.7.mlp.down_proj");
         assert_eq!(ModuleId::parse("model.layers.x.mlp.down_proj"), None);
-        assert_eq!(ModuleId::parse("model.layers.3.mlp.act_fn"), None);
+        assert_eq!(ModuleId::parse("model.layers.3.mlp.gelu"), None);
+        for i in 0..40 {
+            assert_eq!(ModuleId::from_index(i).index(), i);
+        }
     }
 }

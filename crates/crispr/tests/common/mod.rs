@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
 }
 
 /// All f32 tensors of a safetensors file, with their shapes.
@@ -18,11 +16,7 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, 
         .into_iter()
         .map(|(name, view)| {
             assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             (name, (view.shape().to_vec(), data))
         })
         .collect()
@@ -32,10 +26,7 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, 
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let scale = b.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+    let diff = a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
     if scale == 0.0 {
         diff
     } else {
@@ -45,9 +36,7 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
+    a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
 }
 
 /// Path to the crispr binary built for the integration tests.
