@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod loader;
 pub mod model;
 pub mod resolve;
+pub mod rng;
 pub mod score;
 pub mod sys;
 pub mod tensor;

@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
 use crate::model::llama::{Layer, LlamaModel};
 use crate::model::Linear;
-use crate::model::{Arch, LlamaConfig, Proj, RopeScaling};
+use crate::model::{Arch, Family, LanguageModel, LlamaConfig, Proj, RopeScaling};
+use crate::score::PromptStyle;
 use crate::tensor::Float;
 use crate::text::TextCodec;
 use crate::weights::{GgufSource, Role, SafetensorsSource, WeightSource};
@@ -31,9 +32,27 @@ impl ModelFormat {
 }
 
 pub struct LoadedModel {
-    pub model: LlamaModel<f32>,
+    pub model: Box<dyn LanguageModel<f32>>,
     pub text: TextCodec,
     pub format: ModelFormat,
+}
+
+impl LoadedModel {
+    /// How prompts become token ids for this model (`raw`: no chat template).
+    pub fn prompt_style(&self, raw: bool) -> PromptStyle {
+        match (self.model.family(), raw) {
+            (Family::EncoderDecoder, _) => PromptStyle::Seq2Seq,
+            (Family::DecoderOnly, true) => PromptStyle::Raw,
+            (Family::DecoderOnly, false) => PromptStyle::Chat,
+        }
+    }
+
+    /// Tokens that end an answer in generation.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.text.end_of_turn.into_iter().chain(self.text.eos_id).collect();
+        v.dedup();
+        v
+    }
 }
 
 /// Load from a path: a directory (transformers checkpoint) or a `.gguf` file.
@@ -224,38 +243,49 @@ pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaMode
 }
 
 fn load_checkpoint(dir: &Path) -> Result<LoadedModel> {
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.exists() {
-        return Err(Error::format(dir, "config.json is missing: not a transformers checkpoint directory"));
-    }
-    let cfg = config_from_hf(&cfg_path, &read_json(&cfg_path)?)?;
-    let src = SafetensorsSource::open_dir(dir)?;
-    let model = build_model(cfg, &src)?;
-    let text = TextCodec::from_dir(dir)?;
-    check_vocab(&model.cfg, &text)?;
-    Ok(LoadedModel { model, text, format: ModelFormat::Checkpoint(dir.to_path_buf()) })
+    let (model, text) = load_llama(dir)?;
+    Ok(LoadedModel { model: Box::new(model), text, format: ModelFormat::Checkpoint(dir.to_path_buf()) })
 }
 
 fn load_gguf(path: &Path) -> Result<LoadedModel> {
-    let file = GgufFile::open(path)?;
-    let cfg = config_from_gguf(&file)?;
-    // llama.cpp permutes q/k rows of llama-architecture models only.
-    let permuted_qk = (cfg.arch == Arch::Llama).then_some((cfg.num_heads, cfg.num_kv_heads));
-    let model = build_model(cfg, &GgufSource { file: &file, permuted_qk })?;
-    let text = TextCodec::from_gguf(&file)?;
-    check_vocab(&model.cfg, &text)?;
-    Ok(LoadedModel { model, text, format: ModelFormat::Gguf(path.to_path_buf()) })
+    let (model, text) = load_llama(path)?;
+    Ok(LoadedModel { model: Box::new(model), text, format: ModelFormat::Gguf(path.to_path_buf()) })
+}
+
+/// Load a Llama-family model as its concrete type (for code that needs the family's own API,
+/// such as the f64 gradient checks).
+pub fn load_llama(path: &Path) -> Result<(LlamaModel<f32>, TextCodec)> {
+    if path.is_dir() {
+        let cfg_path = path.join("config.json");
+        if !cfg_path.exists() {
+            return Err(Error::format(path, "config.json is missing: not a transformers checkpoint directory"));
+        }
+        let cfg = config_from_hf(&cfg_path, &read_json(&cfg_path)?)?;
+        let src = SafetensorsSource::open_dir(path)?;
+        let model = build_model(cfg, &src)?;
+        let text = TextCodec::from_dir(path)?;
+        check_vocab(model.cfg.vocab_size, &text)?;
+        Ok((model, text))
+    } else {
+        let file = GgufFile::open(path)?;
+        let cfg = config_from_gguf(&file)?;
+        // llama.cpp permutes q/k rows of llama-architecture models only.
+        let permuted_qk = (cfg.arch == Arch::Llama).then_some((cfg.num_heads, cfg.num_kv_heads));
+        let model = build_model(cfg, &GgufSource { file: &file, permuted_qk })?;
+        let text = TextCodec::from_gguf(&file)?;
+        check_vocab(model.cfg.vocab_size, &text)?;
+        Ok((model, text))
+    }
 }
 
 /// A tokenizer that can emit ids the embedding does not have belongs to another model.
-fn check_vocab(cfg: &LlamaConfig, text: &TextCodec) -> Result<()> {
+pub fn check_vocab(model_vocab: usize, text: &TextCodec) -> Result<()> {
     let n = text.vocab_size();
-    if n > cfg.vocab_size {
+    if n > model_vocab {
         return Err(Error::format(
             &text.source,
             format!(
-                "tokenizer has {n} tokens but the model's embedding has {} rows: tokenizer does not match",
-                cfg.vocab_size
+                "tokenizer has {n} tokens but the model's embedding has {model_vocab} rows: tokenizer does not match"
             ),
         ));
     }

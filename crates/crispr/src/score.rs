@@ -14,6 +14,9 @@ pub enum PromptStyle {
     /// Plain text with the tokenizer's own special tokens (e.g. BOS); candidates are scored as a
     /// bare continuation.
     Raw,
+    /// Encoder–decoder: encoder input = prompt + the tokenizer's end token (`</s>` for T5),
+    /// decoder target = candidate + `</s>`, both as the tokenizer's post-processor adds them.
+    Seq2Seq,
 }
 
 /// A prompt and its candidates as token ids.
@@ -26,14 +29,14 @@ pub struct Encoded {
 pub fn encode(text: &TextCodec, style: PromptStyle, prompt: &str, candidates: &[String]) -> Result<Encoded> {
     let prompt_ids = match style {
         PromptStyle::Chat => text.chat_prompt(prompt)?,
-        PromptStyle::Raw => text.encode(prompt, true)?,
+        PromptStyle::Raw | PromptStyle::Seq2Seq => text.encode(prompt, true)?,
     };
     if prompt_ids.is_empty() {
         return Err(Error::msg("the prompt encodes to no tokens"));
     }
     let mut cands = Vec::with_capacity(candidates.len());
     for c in candidates {
-        let mut ids = text.encode(c, false)?;
+        let mut ids = text.encode(c, style == PromptStyle::Seq2Seq)?;
         if style == PromptStyle::Chat {
             let eot = text
                 .end_of_turn

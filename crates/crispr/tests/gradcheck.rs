@@ -27,8 +27,8 @@ fn perturbed_logprob(
 
 fn check(family: &str) {
     let dir = common::fixtures().join("tiny").join(family);
-    let loaded = crispr::loader::load(&dir).unwrap();
-    let model: LlamaModel<f64> = loaded.model.cast();
+    let (model, _) = crispr::loader::load_llama(&dir).unwrap();
+    let model: LlamaModel<f64> = model.cast();
     // A short sequence keeps the 2·(samples) extra forward passes cheap.
     let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % model.cfg.vocab_size as u32).collect();
     let cand = vec![5u32, 77, 123];

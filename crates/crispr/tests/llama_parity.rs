@@ -15,13 +15,13 @@ fn check_family(family: &str) {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let expected = read_safetensors(&dir.join("expected.safetensors"));
-    let loaded = crispr::loader::load(&dir).expect("fixture loads");
-    let model = &loaded.model;
+    let (model, text) = crispr::loader::load_llama(&dir).expect("fixture loads");
+    let model = &model;
 
     // Token ids from our tokenizer and chat-template rendering equal transformers'.
     let user = meta["user"].as_str().unwrap();
     let cand = meta["candidate"].as_str().unwrap().to_string();
-    let enc = encode(&loaded.text, PromptStyle::Chat, user, &[cand]).unwrap();
+    let enc = encode(&text, PromptStyle::Chat, user, &[cand]).unwrap();
     let ids =
         |k: &str| -> Vec<u32> { meta[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
     assert_eq!(enc.prompt, ids("prompt_ids"), "{family}: prompt ids");

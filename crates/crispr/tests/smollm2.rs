@@ -5,7 +5,7 @@
 
 mod common;
 
-use crispr::score::{encode, generate, score, PromptStyle};
+use crispr::score::{encode, PromptStyle};
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
@@ -34,7 +34,7 @@ fn smollm2_tokens_logprobs_and_greedy_generation_match_transformers() {
         for (j, cid) in c["candidate_ids"].as_array().unwrap().iter().enumerate() {
             assert_eq!(enc.candidates[j], ids(cid), "case {i}: candidate {j} token ids");
         }
-        let got = score(&loaded.model, &enc.prompt, &enc.candidates);
+        let got = loaded.model.score(&enc.prompt, &enc.candidates);
         for (j, want) in c["logprobs"].as_array().unwrap().iter().enumerate() {
             let d = (got[j] - want.as_f64().unwrap()).abs();
             worst = worst.max(d);
@@ -47,7 +47,7 @@ fn smollm2_tokens_logprobs_and_greedy_generation_match_transformers() {
         let prompt = ids(&g["prompt_ids"]);
         let enc = encode(&loaded.text, PromptStyle::Chat, g["prompt"].as_str().unwrap(), &[]).unwrap();
         assert_eq!(enc.prompt, prompt);
-        let out = generate(&loaded.model, &prompt, 32, &[eot]);
+        let out = loaded.model.generate(&prompt, 32, &[eot]);
         assert_eq!(out, ids(&g["generated"]), "greedy continuation of {:?}", g["prompt"]);
     }
 }

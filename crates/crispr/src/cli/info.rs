@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::ModelArgs;
 use crispr::loader::ModelFormat;
+use crispr::model::universe_sizes;
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -16,71 +17,54 @@ pub struct InfoArgs {
 
 pub fn run(args: InfoArgs) -> Result<()> {
     let loaded = args.model.load()?;
-    let cfg = &loaded.model.cfg;
     let text = &loaded.text;
     let (format, path) = match &loaded.format {
         ModelFormat::Checkpoint(p) => ("checkpoint", p),
         ModelFormat::Gguf(p) => ("gguf", p),
     };
-    let params = loaded.model.parameter_count();
+    let sites = loaded.model.sites();
+    let (linear, ffn) = universe_sizes(sites);
+    // Module kinds of the first layer (each stack), with their widths.
+    let mut per_layer: Vec<serde_json::Value> = Vec::new();
+    for s in sites.iter().filter(|s| s.layer == 0) {
+        let kind = s.name.split('.').next_back().unwrap_or("");
+        per_layer.push(json!({"stack": s.stack, "module": kind, "out": s.width, "universe": s.universe.name()}));
+    }
+    let mut info = loaded.model.describe();
     let eot = text.end_of_turn.map(|id| json!({"id": id, "token": text.token(id)}));
-    let info = json!({
-        "path": path.display().to_string(),
-        "format": format,
-        "family": "decoder-only",
-        "architecture": cfg.arch.name(),
-        "parameters": params,
-        "layers": cfg.num_layers,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "attention_heads": cfg.num_heads,
-        "key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim,
-        "vocab_size": cfg.vocab_size,
-        "rope_theta": cfg.rope_theta,
-        "tied_embeddings": cfg.tie_word_embeddings,
-        "attention_bias": cfg.attention_bias,
-        "sliding_window": cfg.sliding_window,
-        "universe": {"linear": cfg.linear_universe(), "ffn": cfg.ffn_universe()},
-        "modules_per_layer": crispr::model::Proj::ALL.iter().map(|&p| json!({"module": p.hf_suffix(), "out": cfg.out_dim(p)})).collect::<Vec<_>>(),
-        "chat_template": text.chat_template.is_some(),
-        "end_of_turn": eot,
-        "bos_token": text.bos_token,
-        "eos_token": text.eos_token,
-    });
+    if let Some(obj) = info.as_object_mut() {
+        obj.insert("path".into(), json!(path.display().to_string()));
+        obj.insert("format".into(), json!(format));
+        obj.insert("universe".into(), json!({"linear": linear, "ffn": ffn}));
+        obj.insert("sites_per_layer".into(), json!(per_layer));
+        obj.insert("chat_template".into(), json!(text.chat_template.is_some()));
+        obj.insert("end_of_turn".into(), json!(eot));
+        obj.insert("bos_token".into(), json!(text.bos_token));
+        obj.insert("eos_token".into(), json!(text.eos_token));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
-    println!("model        {path}", path = path.display());
-    println!("format       {format}");
-    println!("architecture {} (decoder-only), {:.1} M parameters", cfg.arch.name(), params as f64 / 1e6);
-    println!(
-        "shape        {} layers, hidden {}, ffn {}, heads {} (kv {}), head_dim {}, vocab {}",
-        cfg.num_layers,
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-        cfg.vocab_size
-    );
-    println!(
-        "rope         theta {}{}",
-        cfg.rope_theta,
-        if cfg.rope_scaling.is_some() { ", llama3 scaling" } else { "" }
-    );
-    println!(
-        "neurons      linear universe {} (q,k,v,o,gate,up,down), ffn universe {}",
-        cfg.linear_universe(),
-        cfg.ffn_universe()
-    );
+    println!("model              {}", path.display());
+    println!("format             {format}");
+    let skip =
+        ["path", "format", "universe", "sites_per_layer", "chat_template", "end_of_turn", "bos_token", "eos_token"];
+    if let Some(obj) = info.as_object() {
+        for (k, v) in obj.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
+            println!("{:<18} {}", k.replace('_', " "), v.to_string().trim_matches('"'));
+        }
+    }
+    println!("neurons            linear universe {linear}, ffn universe {ffn}");
     match (&text.chat_template, text.end_of_turn) {
         (Some(_), Some(id)) => {
-            println!("chat         template present, end of turn {:?} (id {id})", text.token(id).unwrap_or_default())
+            println!(
+                "chat               template present, end of turn {:?} (id {id})",
+                text.token(id).unwrap_or_default()
+            )
         }
-        (Some(_), None) => println!("chat         template present, no end-of-turn token found"),
-        (None, _) => println!("chat         no template (use --raw when scoring)"),
+        (Some(_), None) => println!("chat               template present, no end-of-turn token found"),
+        (None, _) => println!("chat               no template"),
     }
     Ok(())
 }

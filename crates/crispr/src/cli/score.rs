@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ModelArgs;
-use crispr::score::{self, PromptStyle};
+use crispr::score;
 
 #[derive(Args)]
 pub struct ScoreArgs {
@@ -26,14 +26,6 @@ pub struct ScoreArgs {
 struct ScoreLine {
     prompt: String,
     candidates: Vec<String>,
-}
-
-fn style(raw: bool) -> PromptStyle {
-    if raw {
-        PromptStyle::Raw
-    } else {
-        PromptStyle::Chat
-    }
 }
 
 pub fn run(args: ScoreArgs) -> Result<()> {
@@ -58,9 +50,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for (lineno, l) in lines {
-        let enc = score::encode(&loaded.text, style(args.raw), &l.prompt, &l.candidates)
+        let enc = score::encode(&loaded.text, loaded.prompt_style(args.raw), &l.prompt, &l.candidates)
             .with_context(|| format!("{}: line {lineno}", path.display()))?;
-        let lp = score::score(&loaded.model, &enc.prompt, &enc.candidates);
+        let lp = loaded.model.score(&enc.prompt, &enc.candidates);
         writeln!(out, "{}", json!({ "logprobs": lp }))?;
     }
     Ok(())
@@ -83,9 +75,8 @@ pub struct GenerateArgs {
 
 pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let loaded = args.model.load()?;
-    let enc = score::encode(&loaded.text, style(args.raw), &args.prompt, &[])?;
-    let stop: Vec<u32> = loaded.text.end_of_turn.into_iter().chain(loaded.text.eos_id).collect();
-    let ids = score::generate(&loaded.model, &enc.prompt, args.max_new_tokens, &stop);
+    let enc = score::encode(&loaded.text, loaded.prompt_style(args.raw), &args.prompt, &[])?;
+    let ids = loaded.model.generate(&enc.prompt, args.max_new_tokens, &loaded.stop_tokens());
     let text = loaded.text.decode(&ids, true)?;
     println!("{}", json!({"prompt_ids": enc.prompt, "ids": ids, "text": text}));
     Ok(())

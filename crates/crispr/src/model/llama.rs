@@ -10,8 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::model::{Family, LanguageModel, Linear, LlamaConfig, ModuleId, Proj, RopeScaling, SiteInfo, Universe};
 pub use crate::model::{ForwardHook, GradVisitor};
-use crate::model::{LanguageModel, Linear, LlamaConfig, ModuleId, Proj, RopeScaling, SiteInfo, Universe};
 use crate::tensor::{linear, linear_backward_into, matmul_serial, Float, Mat, MatMut};
 
 #[derive(Clone, Debug)]
@@ -658,5 +658,30 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
 
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
+    }
+
+    fn family(&self) -> Family {
+        Family::DecoderOnly
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let cfg = &self.cfg;
+        serde_json::json!({
+            "family": "decoder-only",
+            "architecture": cfg.arch.name(),
+            "parameters": self.parameter_count(),
+            "layers": cfg.num_layers,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "attention_heads": cfg.num_heads,
+            "key_value_heads": cfg.num_kv_heads,
+            "head_dim": cfg.head_dim,
+            "vocab_size": cfg.vocab_size,
+            "rope_theta": cfg.rope_theta,
+            "rope_scaling": cfg.rope_scaling.is_some(),
+            "tied_embeddings": cfg.tie_word_embeddings,
+            "attention_bias": cfg.attention_bias,
+            "sliding_window": cfg.sliding_window,
+        })
     }
 }

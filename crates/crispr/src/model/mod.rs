@@ -262,6 +262,25 @@ pub trait LanguageModel<F: Float>: Send + Sync {
     /// itself for a linear site; the `up`/`wi_1` projection for an FFN activation).
     fn prune_target(&mut self, site: usize) -> &mut Linear<F>;
     fn vocab_size(&self) -> usize;
+    fn family(&self) -> Family;
+    /// Architecture facts for `crispr info` and reports (a JSON object).
+    fn describe(&self) -> serde_json::Value;
+}
+
+/// How a model turns a prompt into an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// Llama-family: the answer continues the prompt.
+    DecoderOnly,
+    /// T5: the encoder reads the prompt, the decoder writes the answer.
+    EncoderDecoder,
+}
+
+/// Sizes of both universes from a site table.
+pub fn universe_sizes(sites: &[SiteInfo]) -> (usize, usize) {
+    let size = |u| sites.iter().filter(|s| s.universe == u).map(|s| s.width).sum();
+    (size(Universe::Linear), size(Universe::Ffn))
 }
 
 #[cfg(test)]
