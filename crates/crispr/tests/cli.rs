@@ -1,0 +1,207 @@
+//! The command line on real files: outputs, and one-line errors naming the file for bad input.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{crispr_bin, fixtures};
+
+fn crispr(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(crispr_bin());
+    cmd.args(args).env("CRISPR_CACHE_DIR", std::env::temp_dir().join("crispr-cli-test-cache"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("crispr runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tiny() -> PathBuf {
+    fixtures().join("tiny").join("llama")
+}
+
+/// A copy of the tiny Llama checkpoint that a test may damage.
+fn tiny_copy(dir: &Path) -> PathBuf {
+    let dst = dir.join("model");
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(tiny()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+fn assert_fails_with(o: &Output, needles: &[&str]) {
+    assert!(!o.status.success(), "expected failure, got success");
+    let err = stderr(o);
+    assert_eq!(err.trim().lines().count(), 1, "one-line error expected: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error {err:?} should mention {n:?}");
+    }
+}
+
+#[test]
+fn info_and_score_on_a_checkpoint() {
+    let model = tiny();
+    let o = crispr(&["info", "--model", model.to_str().unwrap(), "--json"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    // 2 layers × (q 64 + k 32 + v 32 + o 64 + gate 96 + up 96 + down 64)
+    assert_eq!(v["universe"]["linear"], 2 * (64 + 32 + 32 + 64 + 96 + 96 + 64));
+    assert_eq!(v["universe"]["ffn"], 2 * 96);
+    assert_eq!(v["chat_template"], true);
+
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("expected.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let line = serde_json::json!({"prompt": meta["user"], "candidates": [meta["candidate"], "someone else"]});
+    std::fs::write(&input, format!("{line}\n\n{line}\n")).unwrap();
+    let o = crispr(&["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "blank lines are skipped");
+    let lp = lines[0]["logprobs"][0].as_f64().unwrap();
+    let want = meta["logprob"].as_f64().unwrap();
+    assert!((lp - want).abs() < 1e-3, "{lp} vs transformers {want}");
+    assert_eq!(lines[0]["logprobs"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn malformed_score_input_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"a\", \"candidates\": [\"b\"]}\n{\"prompt\": \"a\", \"candidates\": \n").unwrap();
+    let o = crispr(&["score", "--model", tiny().to_str().unwrap(), "--input", input.to_str().unwrap()], &[]);
+    assert_fails_with(&o, &["bad.jsonl", "line 2"]);
+    std::fs::write(&input, "{\"prompt\": \"a\", \"candidates\": []}\n").unwrap();
+    let o = crispr(&["score", "--model", tiny().to_str().unwrap(), "--input", input.to_str().unwrap()], &[]);
+    assert_fails_with(&o, &["bad.jsonl", "line 1", "empty"]);
+    let o = crispr(&["score", "--model", tiny().to_str().unwrap(), "--input", "/nonexistent/x.jsonl"], &[]);
+    assert_fails_with(&o, &["/nonexistent/x.jsonl"]);
+}
+
+#[test]
+fn bad_models_give_one_line_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = crispr(&["info", "--model", "/no/such/model.gguf"], &[]);
+    assert_fails_with(&o, &["/no/such/model.gguf", "no such file"]);
+
+    let m = tiny_copy(dir.path());
+    let cfg_path = m.join("config.json");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(&cfg_path, cfg.replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\"")).unwrap();
+    let o = crispr(&["info", "--model", m.to_str().unwrap()], &[]);
+    assert_fails_with(&o, &["config.json", "unknown architecture", "gpt_neox"]);
+
+    std::fs::write(&cfg_path, cfg.replace("\"intermediate_size\": 96", "\"intermediate_size\": 95")).unwrap();
+    let o = crispr(&["info", "--model", m.to_str().unwrap()], &[]);
+    assert_fails_with(&o, &["model.safetensors", "model.layers.0.mlp.gate_proj.weight", "[95, 64]"]);
+    std::fs::write(&cfg_path, &cfg).unwrap();
+
+    let st = m.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let o = crispr(&["info", "--model", m.to_str().unwrap()], &[]);
+    assert_fails_with(&o, &["model.safetensors"]);
+    std::fs::write(&st, &bytes).unwrap();
+
+    // A tokenizer from another model (32,100 tokens for a 400-row embedding).
+    let shared_t5 = fixtures().join("../../../../../shared/data/tokenizers/t5/tokenizer.json");
+    if shared_t5.exists() {
+        std::fs::copy(&shared_t5, m.join("tokenizer.json")).unwrap();
+        let o = crispr(&["info", "--model", m.to_str().unwrap()], &[]);
+        assert_fails_with(&o, &["tokenizer.json", "does not match"]);
+    }
+}
+
+/// Serve `dir` as `/<repo>/resolve/main/<file>` until `requests` have been answered.
+fn stand_in_hub(dir: PathBuf, repo: &'static str, requests: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+            seen.push(path.clone());
+            let prefix = format!("/{repo}/resolve/main/");
+            let file = path.strip_prefix(&prefix).map(|f| dir.join(f));
+            match file.filter(|f| f.is_file()) {
+                Some(f) => {
+                    let body = std::fs::read(f).unwrap();
+                    write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+                        .unwrap();
+                    stream.write_all(&body).unwrap();
+                }
+                None => {
+                    write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap()
+                }
+            }
+        }
+        seen
+    });
+    (addr, handle)
+}
+
+#[test]
+fn hub_ids_download_once_into_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    // Requests: config, tokenizer, tokenizer_config, chat_template.jinja, generation_config,
+    // the index (404), model.safetensors.
+    let (endpoint, server) = stand_in_hub(tiny(), "test-org/tiny-llama", 7);
+    let mut cmd = Command::new(crispr_bin());
+    cmd.args(["info", "--json", "--model", "test-org/tiny-llama"])
+        .env("HF_ENDPOINT", &endpoint)
+        .env("CRISPR_CACHE_DIR", cache.path());
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seen = server.join().unwrap();
+    assert!(seen.iter().any(|p| p.ends_with("/model.safetensors")), "{seen:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["architecture"], "llama");
+    // The server is gone: a second run must be served from the cache.
+    let o = Command::new(crispr_bin())
+        .args(["info", "--model", "test-org/tiny-llama"])
+        .env("HF_ENDPOINT", &endpoint)
+        .env("CRISPR_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cached run failed: {}", stderr(&o));
+    // No partial downloads left behind.
+    let snapshot = cache.path().join("hub/test-org--tiny-llama/main");
+    for e in std::fs::read_dir(&snapshot).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(!name.ends_with(".part"), "{name}");
+    }
+}
+
+#[test]
+fn unknown_hub_repo_is_a_clear_error() {
+    let cache = tempfile::tempdir().unwrap();
+    let (endpoint, _server) = stand_in_hub(tiny(), "test-org/tiny-llama", 1);
+    let o = Command::new(crispr_bin())
+        .args(["info", "--model", "test-org/missing"])
+        .env("HF_ENDPOINT", &endpoint)
+        .env("CRISPR_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    assert_fails_with(&o, &["test-org/missing", "not found"]);
+}
