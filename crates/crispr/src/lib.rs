@@ -7,10 +7,14 @@
 //! (reading checkpoints and tokenizers) → [`score`] (candidate log-probabilities, generation,
 //! gradients of a candidate's log-probability) → the `crispr` command line.
 
+pub mod attribution;
+pub mod data;
 pub mod error;
 pub mod gguf;
 pub mod loader;
+pub mod metrics;
 pub mod model;
+pub mod prune;
 pub mod resolve;
 pub mod rng;
 pub mod score;

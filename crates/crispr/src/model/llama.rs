@@ -664,6 +664,12 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
         Family::DecoderOnly
     }
 
+    fn prune_target_name(&self, site: usize) -> String {
+        let id = ModuleId::from_index(site);
+        let proj = if id.proj == Proj::Act { Proj::Up } else { id.proj };
+        ModuleId { layer: id.layer, proj }.to_string()
+    }
+
     fn describe(&self) -> serde_json::Value {
         let cfg = &self.cfg;
         serde_json::json!({

@@ -265,6 +265,30 @@ pub trait LanguageModel<F: Float>: Send + Sync {
     fn family(&self) -> Family;
     /// Architecture facts for `crispr info` and reports (a JSON object).
     fn describe(&self) -> serde_json::Value;
+
+    /// The module whose rows [`Self::prune_target`] zeroes for `site`, in the checkpoint's own
+    /// (transformers) naming, e.g. `model.layers.3.mlp.up_proj` for an FFN activation site.
+    fn prune_target_name(&self, site: usize) -> String {
+        self.sites()[site].name.clone()
+    }
+
+    /// Attribution's unit of work: score every candidate, let `pick` choose which candidates to
+    /// differentiate (from their log-probabilities), then run one backward pass per chosen
+    /// candidate. `visit(k, site, act, grad)` receives the k-th chosen candidate's gradients.
+    /// Returns the log-probabilities. Families override this to share the prompt's forward pass.
+    fn score_and_differentiate(
+        &self,
+        prompt: &[u32],
+        candidates: &[Vec<u32>],
+        pick: &mut dyn FnMut(&[f64]) -> Vec<usize>,
+        visit: &mut dyn FnMut(usize, usize, &[F], &[F]),
+    ) -> Vec<f64> {
+        let logprobs = self.score(prompt, candidates);
+        for (k, c) in pick(&logprobs).into_iter().enumerate() {
+            self.logprob_with_grads(prompt, &candidates[c], None, &mut |site, a, g| visit(k, site, a, g));
+        }
+        logprobs
+    }
 }
 
 /// How a model turns a prompt into an answer.

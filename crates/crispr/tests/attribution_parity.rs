@@ -1,0 +1,103 @@
+//! Bias scores against an independent PyTorch implementation of the method
+//! (scripts/reference_crispr.py) on the tiny random Llama: default settings, a variant exercising
+//! every other switch, the re-release compatibility mode, and the ffn universe.
+
+mod common;
+
+use std::collections::HashMap;
+
+use crispr::attribution::{attribute_instruction, Disentangle, Instance, Objective, Scores, Settings, TokenAgg};
+use crispr::model::{LanguageModel, Universe};
+
+fn read_f64(path: &std::path::Path) -> HashMap<String, Vec<f64>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            assert_eq!(v.dtype(), safetensors::Dtype::F64);
+            (n, v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect())
+        })
+        .collect()
+}
+
+fn instructions() -> Vec<Vec<Instance>> {
+    let path = common::fixtures().join("attribution").join("llama.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let ids = |x: &serde_json::Value| -> Vec<u32> {
+        x.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+    };
+    v["instructions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|items| {
+            items
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|it| Instance {
+                    prompt: ids(&it["prompt_ids"]),
+                    candidates: it["candidate_ids"].as_array().unwrap().iter().map(ids).collect(),
+                    gold: it["gold"].as_u64().unwrap() as usize,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn check(settings: Settings, fixture: &str) {
+    let (model, _) = crispr::loader::load_llama(&common::fixtures().join("tiny").join("llama")).unwrap();
+    let per_instruction: Vec<Scores> =
+        instructions().iter().map(|items| attribute_instruction(&model, items, &settings, &mut |_| {})).collect();
+    let scores = Scores::mean(&per_instruction).unwrap();
+    let want = read_f64(&common::fixtures().join("attribution").join(format!("llama_{fixture}.safetensors")));
+    let sites = model.sites();
+    let scale = want.values().flatten().fold(0f64, |m, x| m.max(x.abs()));
+    let mut worst = 0f64;
+    let mut expected_flat = Vec::new();
+    for (i, s) in sites.iter().enumerate() {
+        if s.universe != settings.universe {
+            assert!(scores.per_site[i].is_empty());
+            continue;
+        }
+        let w = &want[&s.name];
+        for (r, (&a, &b)) in scores.per_site[i].iter().zip(w).enumerate() {
+            worst = worst.max((a - b).abs() / scale);
+            expected_flat.push((i, r, b));
+        }
+    }
+    assert!(worst <= 1e-4, "{fixture}: worst relative difference {worst:e}");
+    expected_flat.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+    let ours: Vec<(usize, usize)> = scores.ranked().iter().take(50).map(|x| (x.0, x.1)).collect();
+    let theirs: Vec<(usize, usize)> = expected_flat.iter().take(50).map(|x| (x.0, x.1)).collect();
+    assert_eq!(ours, theirs, "{fixture}: top-50 ranking");
+    eprintln!("{fixture}: worst relative difference {worst:e}");
+}
+
+#[test]
+fn default_settings_match_reference() {
+    check(Settings::default(), "default_linear");
+}
+
+#[test]
+fn every_other_switch_matches_reference() {
+    let s = Settings {
+        objective: Objective::Logprob,
+        token_agg: TokenAgg::Mean,
+        disentangle: Disentangle::PerToken,
+        alpha: false,
+        ..Settings::default()
+    };
+    check(s, "variant_linear");
+}
+
+#[test]
+fn biasneuron_compat_matches_reference() {
+    check(Settings::biasneuron(Universe::Linear), "compat_linear");
+}
+
+#[test]
+fn ffn_universe_matches_reference() {
+    check(Settings { universe: Universe::Ffn, ..Settings::default() }, "default_ffn");
+}
