@@ -2,8 +2,8 @@
 //! a forward pass over a 128-token prompt, and forward + backward to every linear output.
 //! Compare with scripts/bench_transformers.py on the same machine and thread count.
 
-use criterion::{criterion_group, criterion_main, Criterion};
 use crispr::model::LanguageModel;
+use criterion::{criterion_group, criterion_main, Criterion};
 
 fn engine(c: &mut Criterion) {
     crispr::sys::tune_allocator();

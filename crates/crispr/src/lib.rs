@@ -10,10 +10,12 @@
 pub mod attribution;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod gguf;
 pub mod loader;
 pub mod metrics;
 pub mod model;
+pub mod neurons;
 pub mod prune;
 pub mod resolve;
 pub mod rng;

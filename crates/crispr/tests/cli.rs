@@ -79,7 +79,8 @@ fn info_and_score_on_a_checkpoint() {
 fn malformed_score_input_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("bad.jsonl");
-    std::fs::write(&input, "{\"prompt\": \"a\", \"candidates\": [\"b\"]}\n{\"prompt\": \"a\", \"candidates\": \n").unwrap();
+    std::fs::write(&input, "{\"prompt\": \"a\", \"candidates\": [\"b\"]}\n{\"prompt\": \"a\", \"candidates\": \n")
+        .unwrap();
     let o = crispr(&["score", "--model", tiny().to_str().unwrap(), "--input", input.to_str().unwrap()], &[]);
     assert_fails_with(&o, &["bad.jsonl", "line 2"]);
     std::fs::write(&input, "{\"prompt\": \"a\", \"candidates\": []}\n").unwrap();
