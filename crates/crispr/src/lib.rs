@@ -10,6 +10,7 @@
 pub mod attribution;
 pub mod data;
 pub mod error;
+pub mod evaluate;
 pub mod export;
 pub mod gguf;
 pub mod loader;

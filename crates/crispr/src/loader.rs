@@ -7,6 +7,7 @@ use serde_json::Value as Json;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
 use crate::model::llama::{Layer, LlamaModel};
+use crate::model::t5::{T5Config, T5Model};
 use crate::model::Linear;
 use crate::model::{Arch, Family, LanguageModel, LlamaConfig, Proj, RopeScaling};
 use crate::score::PromptStyle;
@@ -78,9 +79,10 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
         "llama" => Arch::Llama,
         "mistral" => Arch::Mistral,
         "qwen2" => Arch::Qwen2,
-        "t5" => {
-            return Err(Error::format(path, "T5 (encoder-decoder) checkpoints are not supported yet by this build"))
-        }
+        "t5" => return Err(Error::format(
+            path,
+            "T5 is an encoder-decoder model: load it with loader::load or loader::load_t5, not as a Llama-family model",
+        )),
         other => {
             return Err(Error::format(
                 path,
@@ -145,7 +147,7 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
         num_layers: get_usize("num_hidden_layers")?,
         num_heads: heads,
         num_kv_heads: opt_usize("num_key_value_heads").unwrap_or(heads),
-        head_dim: opt_usize("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+        head_dim: opt_usize("head_dim").unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
         rms_norm_eps: v.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6),
         rope_theta,
         rope_scaling,
@@ -200,7 +202,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
         head_dim: file
             .get(&key("attention.key_length"))
             .and_then(Value::as_u64)
-            .map_or(if heads > 0 { hidden / heads } else { 0 }, |v| v as usize),
+            .map_or(hidden.checked_div(heads).unwrap_or(0), |v| v as usize),
         rms_norm_eps: file.get(&key("attention.layer_norm_rms_epsilon")).and_then(Value::as_f64).unwrap_or(1e-5),
         rope_theta: file.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0),
         rope_scaling: None,
@@ -243,8 +245,43 @@ pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaMode
 }
 
 fn load_checkpoint(dir: &Path) -> Result<LoadedModel> {
+    let format = ModelFormat::Checkpoint(dir.to_path_buf());
+    let cfg_path = dir.join("config.json");
+    if cfg_path.exists() && read_json(&cfg_path)?.get("model_type").and_then(Json::as_str) == Some("t5") {
+        let (model, text) = load_t5(dir)?;
+        return Ok(LoadedModel { model: Box::new(model), text, format });
+    }
     let (model, text) = load_llama(dir)?;
-    Ok(LoadedModel { model: Box::new(model), text, format: ModelFormat::Checkpoint(dir.to_path_buf()) })
+    Ok(LoadedModel { model: Box::new(model), text, format })
+}
+
+/// Load a T5 checkpoint directory (T5 v1.0, Flan-T5, T0: `config.json` with `model_type` "t5",
+/// safetensors weights, `tokenizer.json`) as its concrete type.
+pub fn load_t5(path: &Path) -> Result<(T5Model<f32>, TextCodec)> {
+    if !path.is_dir() {
+        return Err(Error::format(
+            path,
+            "T5 models are read from a transformers checkpoint directory (config.json, model.safetensors, tokenizer.json)",
+        ));
+    }
+    let cfg_path = path.join("config.json");
+    if !cfg_path.exists() {
+        return Err(Error::format(path, "config.json is missing: not a transformers checkpoint directory"));
+    }
+    let cfg = T5Config::from_json(&cfg_path, &read_json(&cfg_path)?)?;
+    let src = SafetensorsSource::open_dir(path)?;
+    let model = T5Model::from_source(cfg, &src)?;
+    let mut text = TextCodec::from_dir(path)?;
+    check_vocab(model.cfg.vocab_size, &text)?;
+    // Without a tokenizer_config.json the end token comes from the model config; generation
+    // stops on it.
+    if text.eos_id.is_none() {
+        let eos = model.cfg.eos_token_id;
+        text.eos_token = text.token(eos);
+        text.eos_id = Some(eos);
+        text.end_of_turn = text.end_of_turn.or(Some(eos));
+    }
+    Ok((model, text))
 }
 
 fn load_gguf(path: &Path) -> Result<LoadedModel> {

@@ -130,12 +130,18 @@ pub fn logprob_with_grads<F: Float>(
     let trace = model.forward_traced(&tokens, hook);
     let rows: Vec<usize> = (prompt.len() - 1..tokens.len() - 1).collect();
     let logits = model.logits(&trace.hidden, &rows);
+    let total = candidate.iter().enumerate().map(|(i, &t)| log_prob_of(&logits[i * vocab..(i + 1) * vocab], t)).sum();
+    let d_logits = d_logprob_d_logits(&logits, candidate, vocab);
+    model.backward(&trace, &rows, &d_logits, visit);
+    total
+}
+
+/// Gradient of `Σ_i log softmax(logits_i)[targets_i]` with respect to the logits:
+/// `onehot(target) − softmax(z)` per row.
+pub fn d_logprob_d_logits<F: Float>(logits: &[F], targets: &[u32], vocab: usize) -> Vec<F> {
     let mut d_logits = vec![F::ZERO; logits.len()];
-    let mut total = 0.0;
-    for (i, &t) in candidate.iter().enumerate() {
+    for (i, &t) in targets.iter().enumerate() {
         let row = &logits[i * vocab..(i + 1) * vocab];
-        total += log_prob_of(row, t);
-        // d log softmax(z)[t] / dz = onehot(t) − softmax(z)
         let m = row.iter().fold(F::NEG_INFINITY, |a, &b| a.max(b));
         let mut sum = F::ZERO;
         let d = &mut d_logits[i * vocab..(i + 1) * vocab];
@@ -148,6 +154,5 @@ pub fn logprob_with_grads<F: Float>(
         }
         d[t as usize] += F::ONE;
     }
-    model.backward(&trace, &rows, &d_logits, visit);
-    total
+    d_logits
 }

@@ -61,6 +61,18 @@ pub trait WeightSource {
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>>;
 }
 
+/// Tensors addressed by their checkpoint name: for model families whose module tree does not fit
+/// [`Role`] (T5's encoder and decoder stacks).
+pub trait NamedSource {
+    /// The file or directory the tensors come from, for error messages.
+    fn origin(&self) -> &Path;
+    /// Whether a tensor of that name is present.
+    fn contains(&self, name: &str) -> bool;
+    /// Read a tensor as f32, row-major, checking it has `shape`; a missing or mis-shaped tensor is
+    /// an error naming the file and the tensor.
+    fn read_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+}
+
 fn shape_error(path: &Path, name: &str, found: &[usize], expected: &[usize]) -> Error {
     Error::format(path, format!("tensor {name} has shape {found:?}, expected {expected:?}"))
 }
@@ -98,10 +110,24 @@ impl SafetensorsSource {
         } else {
             let single = dir.join("model.safetensors");
             if !single.exists() {
+                let pickled =
+                    ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().any(|f| dir.join(f).exists());
+                if pickled {
+                    // Pickle files can run arbitrary code when loaded; they are never read.
+                    return Err(Error::format(
+                        dir,
+                        format!(
+                            "only pytorch_model.bin (a Python pickle) is present, and crispr reads safetensors \
+                             only. Convert it once with transformers: python -c \"from transformers import \
+                             AutoModelForSeq2SeqLM as M; M.from_pretrained('{d}').save_pretrained('{d}', \
+                             safe_serialization=True)\" (AutoModelForCausalLM for decoder-only models)",
+                            d = dir.display()
+                        ),
+                    ));
+                }
                 return Err(Error::format(
                     dir,
-                    "no model.safetensors or model.safetensors.index.json in the checkpoint directory \
-                     (pytorch_model.bin is not read: convert it to safetensors first)",
+                    "no model.safetensors or model.safetensors.index.json in the checkpoint directory",
                 ));
             }
             vec![single]
@@ -149,11 +175,24 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
-        let name = role.hf_name();
+        self.read_named(&role.hf_name(), shape)
+    }
+}
+
+impl NamedSource for SafetensorsSource {
+    fn origin(&self) -> &Path {
+        self.shards.first().map_or(Path::new("<no shards>"), |s| s.path.as_path())
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn read_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (shard, info) =
-            self.lookup(&name).ok_or_else(|| Error::format(&self.describe(), format!("tensor {name} is missing")))?;
+            self.lookup(name).ok_or_else(|| Error::format(&self.describe(), format!("tensor {name} is missing")))?;
         if info.shape != shape {
-            return Err(shape_error(&shard.path, &name, &info.shape, shape));
+            return Err(shape_error(&shard.path, name, &info.shape, shape));
         }
         let (a, b) = info.data_offsets;
         let bytes = &shard.mmap[shard.data_start + a..shard.data_start + b];
@@ -240,7 +279,7 @@ mod tests {
         // llama.cpp: w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2): GGUF row (h, i, half) holds
         // HF row (h, half, i).
         let hd = 8;
-        let mut seen = vec![false; 16];
+        let mut seen = [false; 16];
         for hf in 0..16 {
             let g = gguf_row_of_hf_row(hf, hd);
             let (h, rest) = (g / hd, g % hd);

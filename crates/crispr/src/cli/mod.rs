@@ -1,6 +1,10 @@
 //! Argument parsing and dispatch: one module per subcommand.
 
+mod attribute;
+mod common;
+mod eval;
 mod info;
+mod prune;
 mod score;
 
 use std::path::PathBuf;
@@ -26,6 +30,12 @@ enum Command {
     Score(score::ScoreArgs),
     /// Greedy generation for one prompt.
     Generate(score::GenerateArgs),
+    /// Attribute bias to neurons on a task (writes scores.safetensors and neurons.json).
+    Attribute(attribute::AttributeArgs),
+    /// Evaluate on a task under many instructions (writes metrics.json).
+    Eval(eval::EvalArgs),
+    /// Write a copy of the model with the top-N neurons of a scores file zeroed, in its own format.
+    Prune(prune::PruneArgs),
 }
 
 /// How a model is named on the command line.
@@ -51,5 +61,8 @@ pub fn run() -> Result<()> {
         Command::Info(a) => info::run(a),
         Command::Score(a) => score::run(a),
         Command::Generate(a) => score::run_generate(a),
+        Command::Prune(a) => prune::run(a),
+        Command::Attribute(a) => attribute::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }

@@ -211,7 +211,9 @@ fn parse_rte(path: &Path, bytes: &[u8]) -> Result<Vec<Example>> {
                 serde_json::Value::Number(n) if n.as_u64() == Some(1) => 1,
                 serde_json::Value::String(s) if s == "entailment" => 0,
                 serde_json::Value::String(s) if s == "not_entailment" => 1,
-                other => return Err(bad(format!("label {other} is not one of 0, 1, \"entailment\", \"not_entailment\""))),
+                other => {
+                    return Err(bad(format!("label {other} is not one of 0, 1, \"entailment\", \"not_entailment\"")))
+                }
             };
             let id = match row.idx {
                 serde_json::Value::String(s) => s,

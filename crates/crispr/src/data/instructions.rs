@@ -48,7 +48,8 @@ pub const PAPER_PROMPT_FORMAT: &str =
 const CUSTOM_LAYOUT: &str =
     "{instruction} Context: {context}  Question: {question}  Answer options: {candidates}  Your answer: ";
 /// Custom tasks' layout when some example has no context.
-const CUSTOM_LAYOUT_NO_CONTEXT: &str = "{instruction} Question: {question}  Answer options: {candidates}  Your answer: ";
+const CUSTOM_LAYOUT_NO_CONTEXT: &str =
+    "{instruction} Question: {question}  Answer options: {candidates}  Your answer: ";
 
 /// How many FLAN templates an NLU task's default set has (the paper used ten per task).
 const NLU_DEFAULT_COUNT: usize = 10;
@@ -392,7 +393,9 @@ fn load_file(path: &Path, task: &Task) -> Result<InstructionSet> {
         let (id, template, sentence, candidates) = match entry {
             Value::String(t) => (default_id, t.clone(), None, None),
             Value::Object(obj) => {
-                if let Some(key) = obj.keys().find(|k| !["id", "template", "instruction", "candidates"].contains(&k.as_str())) {
+                if let Some(key) =
+                    obj.keys().find(|k| !["id", "template", "instruction", "candidates"].contains(&k.as_str()))
+                {
                     return Err(bad(format!("unknown key {key:?} (expected id, template, instruction, candidates)")));
                 }
                 let id = match obj.get("id") {

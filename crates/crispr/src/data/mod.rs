@@ -277,7 +277,9 @@ fn bbq_category_file(dir: &Path, category: &str) -> Result<PathBuf> {
     // not in the shared data; point at the stand-ins instead of leaving the user guessing.
     Err(Error::format(
         &exact,
-        format!("no such BBQ category file ({hint}; BBQ-Lite is bbq-lite:<Category>, re-drawn files bbq-regen:<Category>)"),
+        format!(
+            "no such BBQ category file ({hint}; BBQ-Lite is bbq-lite:<Category>, re-drawn files bbq-regen:<Category>)"
+        ),
     ))
 }
 

@@ -195,9 +195,73 @@ impl<F: Float> LlamaModel<F> {
     /// Forward over a whole sequence, keeping what the backward pass needs.
     pub fn forward_traced(&self, tokens: &[u32], hook: Option<ForwardHook<'_, F>>) -> Trace<F> {
         let mut cache = self.new_cache();
+        self.forward_traced_after(tokens, &mut cache, hook)
+    }
+
+    /// Traced forward of `tokens` continuing the positions in `cache` (appending to it). The
+    /// result is a segment: [`Self::join_traces`] it after the trace of the earlier positions.
+    pub fn forward_traced_after(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<F>,
+        hook: Option<ForwardHook<'_, F>>,
+    ) -> Trace<F> {
         let mut layers = Vec::with_capacity(self.layers.len());
-        let (final_in, final_inv_rms, hidden) = self.run_inner(tokens, &mut cache, hook, Some(&mut layers));
+        let (final_in, final_inv_rms, hidden) = self.run_inner(tokens, cache, hook, Some(&mut layers));
         Trace { tokens: tokens.len(), layers, final_in, final_inv_rms, hidden }
+    }
+
+    /// One trace of `head ++ tail`, where `tail` was traced after `head` (its attention saw
+    /// `head`'s keys). The backward pass then runs over the whole sequence unchanged, so a prompt
+    /// traced once can be differentiated together with several different answers.
+    pub fn join_traces(&self, head: &Trace<F>, tail: &Trace<F>) -> Trace<F> {
+        let (a, b) = (head.tokens, tail.tokens);
+        let n = a + b;
+        let nh = self.cfg.num_heads;
+        let cat = |x: &Vec<F>, y: &Vec<F>| -> Vec<F> { x.iter().chain(y).copied().collect() };
+        let layers = head
+            .layers
+            .iter()
+            .zip(&tail.layers)
+            .map(|(h, t)| {
+                // Head rows see `a` keys, tail rows all `n`; pad head rows with zero probability.
+                let mut probs = vec![F::ZERO; nh * n * n];
+                for head_idx in 0..nh {
+                    for i in 0..a {
+                        let src = &h.probs[head_idx * a * a + i * a..head_idx * a * a + (i + 1) * a];
+                        probs[head_idx * n * n + i * n..head_idx * n * n + i * n + a].copy_from_slice(src);
+                    }
+                    for i in 0..b {
+                        let src = &t.probs[head_idx * b * n + i * n..head_idx * b * n + (i + 1) * n];
+                        probs[head_idx * n * n + (a + i) * n..head_idx * n * n + (a + i + 1) * n].copy_from_slice(src);
+                    }
+                }
+                LayerTrace {
+                    x_in: cat(&h.x_in, &t.x_in),
+                    inv_rms1: cat(&h.inv_rms1, &t.inv_rms1),
+                    q: cat(&h.q, &t.q),
+                    k: cat(&h.k, &t.k),
+                    v: cat(&h.v, &t.v),
+                    q_rot: cat(&h.q_rot, &t.q_rot),
+                    k_rot: cat(&h.k_rot, &t.k_rot),
+                    probs,
+                    o: cat(&h.o, &t.o),
+                    x_mid: cat(&h.x_mid, &t.x_mid),
+                    inv_rms2: cat(&h.inv_rms2, &t.inv_rms2),
+                    gate: cat(&h.gate, &t.gate),
+                    up: cat(&h.up, &t.up),
+                    act: cat(&h.act, &t.act),
+                    down: cat(&h.down, &t.down),
+                }
+            })
+            .collect();
+        Trace {
+            tokens: n,
+            layers,
+            final_in: cat(&head.final_in, &tail.final_in),
+            final_inv_rms: cat(&head.final_inv_rms, &tail.final_inv_rms),
+            hidden: cat(&head.hidden, &tail.hidden),
+        }
     }
 
     fn run(
@@ -649,6 +713,49 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
 
     fn generate(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
         crate::score::generate(self, prompt, max_new, stop)
+    }
+
+    /// The prompt is run (traced) once; every candidate is scored from its cache, and each chosen
+    /// one is traced after it and differentiated over the joined sequence.
+    fn score_and_differentiate(
+        &self,
+        prompt: &[u32],
+        candidates: &[Vec<u32>],
+        pick: &mut dyn FnMut(&[f64]) -> Vec<usize>,
+        visit: crate::model::CandidateGradVisitor<'_, F>,
+    ) -> Vec<f64> {
+        let vocab = self.cfg.vocab_size;
+        let mut cache = self.new_cache();
+        let head = self.forward_traced_after(prompt, &mut cache, None);
+        let base = cache.len();
+        let last = self.logits(&head.hidden, &[prompt.len() - 1]);
+        let logprobs: Vec<f64> = candidates
+            .iter()
+            .map(|cand| {
+                let mut total = crate::score::log_prob_of(&last, cand[0]);
+                if cand.len() > 1 {
+                    let h = self.forward(&cand[..cand.len() - 1], &mut cache, None);
+                    let rows: Vec<usize> = (0..cand.len() - 1).collect();
+                    let logits = self.logits(&h, &rows);
+                    for (i, &t) in cand[1..].iter().enumerate() {
+                        total += crate::score::log_prob_of(&logits[i * vocab..(i + 1) * vocab], t);
+                    }
+                    self.truncate_cache(&mut cache, base);
+                }
+                total
+            })
+            .collect();
+        for (k, c) in pick(&logprobs).into_iter().enumerate() {
+            let cand = &candidates[c];
+            let tail = self.forward_traced_after(cand, &mut cache, None);
+            self.truncate_cache(&mut cache, base);
+            let joint = self.join_traces(&head, &tail);
+            let rows: Vec<usize> = (prompt.len() - 1..prompt.len() + cand.len() - 1).collect();
+            let logits = self.logits(&joint.hidden, &rows);
+            let d_logits = crate::score::d_logprob_d_logits(&logits, cand, vocab);
+            self.backward(&joint, &rows, &d_logits, &mut |site, a, g| visit(k, site, a, g));
+        }
+        logprobs
     }
 
     fn prune_target(&mut self, site: usize) -> &mut Linear<F> {

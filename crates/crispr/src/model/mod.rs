@@ -2,6 +2,7 @@
 
 pub mod linear;
 pub mod llama;
+pub mod t5;
 
 use std::fmt;
 
@@ -240,6 +241,9 @@ pub type ForwardHook<'a, F> = &'a mut dyn FnMut(usize, &mut [F]);
 /// (`[tokens × width]` each, over the positions the site sees) during a backward pass.
 pub type GradVisitor<'a, F> = &'a mut dyn FnMut(usize, &[F], &[F]);
 
+/// Like [`GradVisitor`], with the index of the differentiated candidate first.
+pub type CandidateGradVisitor<'a, F> = &'a mut dyn FnMut(usize, usize, &[F], &[F]);
+
 /// What the method needs from a model family. Token ids in, numbers out; prompt formatting lives
 /// in [`crate::score::encode`].
 pub trait LanguageModel<F: Float>: Send + Sync {
@@ -281,7 +285,7 @@ pub trait LanguageModel<F: Float>: Send + Sync {
         prompt: &[u32],
         candidates: &[Vec<u32>],
         pick: &mut dyn FnMut(&[f64]) -> Vec<usize>,
-        visit: &mut dyn FnMut(usize, usize, &[F], &[F]),
+        visit: CandidateGradVisitor<'_, F>,
     ) -> Vec<f64> {
         let logprobs = self.score(prompt, candidates);
         for (k, c) in pick(&logprobs).into_iter().enumerate() {

@@ -1,0 +1,163 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use super::common::{model_checksum, parse_samples, progress, TaskArgs};
+use super::ModelArgs;
+use crispr::attribution::{attribute_instruction, Disentangle, Instance, Objective, Scores, Settings, TokenAgg};
+use crispr::data::{split_indices, Split};
+use crispr::model::Universe;
+use crispr::neurons::write_scores;
+use crispr::score::encode;
+
+#[derive(Args)]
+pub struct AttributeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Output directory (scores.safetensors, neurons.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Instances drawn from the dev split per seed, or `all` (every instance, in file order).
+    #[arg(long, default_value = "20", value_parser = parse_samples)]
+    samples: Option<usize>,
+    /// Seeds of the attribution sample; several seeds are averaged.
+    #[arg(long, value_delimiter = ',', default_value = "2026")]
+    seed: Vec<u64>,
+    #[arg(long, value_enum, default_value = "linear")]
+    universe: UniverseArg,
+    #[arg(long, value_enum, default_value = "prob")]
+    objective: ObjectiveArg,
+    #[arg(long, value_enum, default_value = "max")]
+    token_agg: TokenAggArg,
+    #[arg(long, value_enum, default_value = "per-instance")]
+    disentangle: DisentangleArg,
+    /// Weight of the gold answer's attribution in skill disentanglement.
+    #[arg(long, default_value_t = 1.0)]
+    lambda: f64,
+    /// Do not weight instances by their confusion score α.
+    #[arg(long)]
+    no_alpha: bool,
+    /// Reproduce another implementation's computation: `biasneuron` (the authors' re-release).
+    #[arg(long)]
+    compat: Option<String>,
+    /// Neurons listed in neurons.json (the scores file always holds all of them).
+    #[arg(long, default_value_t = 1000)]
+    keep: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UniverseArg {
+    Linear,
+    Ffn,
+}
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ObjectiveArg {
+    Prob,
+    Logprob,
+}
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TokenAggArg {
+    Max,
+    Mean,
+}
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DisentangleArg {
+    PerInstance,
+    PerToken,
+    Off,
+}
+
+impl AttributeArgs {
+    fn settings(&self) -> Result<Settings> {
+        let universe = match self.universe {
+            UniverseArg::Linear => Universe::Linear,
+            UniverseArg::Ffn => Universe::Ffn,
+        };
+        match self.compat.as_deref() {
+            Some("biasneuron") => return Ok(Settings::biasneuron(universe)),
+            Some(other) => bail!("unknown --compat {other:?} (known: biasneuron)"),
+            None => {}
+        }
+        Ok(Settings {
+            universe,
+            objective: match self.objective {
+                ObjectiveArg::Prob => Objective::Prob,
+                ObjectiveArg::Logprob => Objective::Logprob,
+            },
+            token_agg: match self.token_agg {
+                TokenAggArg::Max => TokenAgg::Max,
+                TokenAggArg::Mean => TokenAgg::Mean,
+            },
+            disentangle: match self.disentangle {
+                DisentangleArg::PerInstance => Disentangle::PerInstance,
+                DisentangleArg::PerToken => Disentangle::PerToken,
+                DisentangleArg::Off => Disentangle::Off,
+            },
+            lambda: self.lambda,
+            alpha: !self.no_alpha,
+            compat: None,
+        })
+    }
+}
+
+pub fn run(args: AttributeArgs) -> Result<()> {
+    let settings = args.settings()?;
+    let lt = args.task.load()?;
+    let loaded = args.model.load()?;
+    let sample_sets: Vec<(u64, Vec<usize>)> = match args.samples {
+        None => vec![(0, (0..lt.task.examples.len()).collect())],
+        Some(n) => {
+            let dev = split_indices(&lt.task, Split::Dev, args.task.split_seed, 0.1);
+            if n > dev.len() {
+                bail!("--samples {n} exceeds the {} dev instances of {}", dev.len(), lt.task.name);
+            }
+            args.seed.iter().map(|&s| (s, crispr::data::split::sample_indices(&dev, n, s))).collect()
+        }
+    };
+    let style = loaded.prompt_style(false);
+    let total: usize = sample_sets.iter().map(|s| s.1.len()).sum::<usize>() * lt.instructions.items.len();
+    let bar = progress(total as u64, "attribute");
+    let started = std::time::Instant::now();
+    let mut per_seed = Vec::new();
+    for (_, indices) in &sample_sets {
+        let mut per_instruction = Vec::new();
+        for ins in &lt.instructions.items {
+            let instances = indices
+                .iter()
+                .map(|&i| {
+                    let p = ins.render(&lt.task.examples[i])?;
+                    let enc = encode(&loaded.text, style, &p.text, &p.candidates)?;
+                    Ok(Instance { prompt: enc.prompt, candidates: enc.candidates, gold: p.label })
+                })
+                .collect::<crispr::Result<Vec<_>>>()
+                .with_context(|| format!("preparing instruction {}", ins.id))?;
+            per_instruction
+                .push(attribute_instruction(loaded.model.as_ref(), &instances, &settings, &mut |_| bar.inc(1)));
+        }
+        per_seed.push(Scores::mean(&per_instruction).context("no instructions")?);
+    }
+    bar.finish_and_clear();
+    let scores = Scores::mean(&per_seed).context("no samples")?;
+    let meta = json!({
+        "tool": {"name": "crispr", "version": env!("CARGO_PKG_VERSION")},
+        "model": {"path": loaded.format.path().display().to_string(), "sha256": model_checksum(loaded.format.path())},
+        "task": {"name": lt.task.name, "source": lt.task.source.display().to_string(), "sha256": lt.task.sha256},
+        "instructions": {"name": lt.instructions.name, "ids": lt.instructions.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>()},
+        "settings": settings,
+        "split_seed": args.task.split_seed,
+        "samples": sample_sets.iter().map(|(seed, idx)| json!({"seed": seed, "indices": idx})).collect::<Vec<_>>(),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    write_scores(&args.out, loaded.model.sites(), &scores, meta, args.keep)?;
+    eprintln!(
+        "crispr: attributed {} neurons over {total} (instance, instruction) pairs in {:.1} s → {}",
+        scores.len(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}

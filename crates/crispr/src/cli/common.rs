@@ -1,0 +1,80 @@
+//! Argument groups and helpers shared by several subcommands.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crispr::data::{self, InstructionSet, Task};
+
+/// Task, data directory and instructions.
+#[derive(Args, Clone, Debug)]
+pub struct TaskArgs {
+    /// bbq:<Category>, bbq-lite:<Category>, a BBQ-format .jsonl, mrpc, rte, qnli, sst2, boolq, or jsonl:<path>.
+    #[arg(long, default_value = "bbq:Age")]
+    pub task: String,
+    /// Where named datasets live (default: $CRISPR_DATA_DIR, the cache, or a shared/data folder above).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// `paper` (BBQ), `default` (the task's own set) or a JSON file of instructions.
+    #[arg(long, default_value = "default")]
+    pub instructions: String,
+    /// Seed of the dev/test split (10 % dev).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+}
+
+pub struct LoadedTask {
+    pub task: Task,
+    pub instructions: InstructionSet,
+}
+
+impl TaskArgs {
+    pub fn load(&self) -> Result<LoadedTask> {
+        let data_dir = data::resolve_data_dir(self.data_dir.as_deref())?;
+        let task = data::load_task(&self.task, &data_dir).with_context(|| format!("loading task {}", self.task))?;
+        let instructions = data::load_instructions(&self.instructions, &task, &data_dir)?;
+        Ok(LoadedTask { task, instructions })
+    }
+}
+
+/// A progress bar with ETA on stderr (hidden when stderr is not a terminal).
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta_precise}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Parse `20`/`all` for --samples.
+pub fn parse_samples(s: &str) -> Result<Option<usize>, String> {
+    if s == "all" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| format!("expected a number or `all`, got {s:?}"))
+}
+
+pub fn sha256_of(path: &Path) -> String {
+    crispr::resolve::sha256_file(path).unwrap_or_else(|_| "unavailable".into())
+}
+
+/// The model file's checksum: the .gguf itself, or the checkpoint's weight files combined.
+pub fn model_checksum(path: &Path) -> String {
+    if path.is_file() {
+        return sha256_of(path);
+    }
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(path).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "json"));
+    files.sort();
+    let joined: Vec<String> = files
+        .iter()
+        .map(|p| format!("{}:{}", p.file_name().unwrap_or_default().to_string_lossy(), sha256_of(p)))
+        .collect();
+    joined.join(",")
+}

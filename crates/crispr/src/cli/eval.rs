@@ -1,0 +1,124 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+
+use super::common::{model_checksum, progress, TaskArgs};
+use super::ModelArgs;
+use crispr::data::{split_indices, Split};
+use crispr::evaluate::{evaluate, Calibration, EvalOptions, Mode};
+use crispr::metrics::{metrics_json, summarize};
+use crispr::neurons::{atomic_write, read_scores, top_neurons};
+use crispr::prune::{prune, random_neurons};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Output directory (metrics.json).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "test")]
+    split: Split,
+    #[arg(long, value_enum, default_value = "scoring")]
+    mode: Mode,
+    /// Evaluate at most this many instances of the split (a seeded subset, kept in file order).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Prune the top --top neurons of this scores directory before evaluating.
+    #[arg(long, requires = "top")]
+    scores: Option<PathBuf>,
+    #[arg(long, requires = "scores")]
+    top: Option<usize>,
+    /// Prune this many random neurons (of the universe in --universe) before evaluating.
+    #[arg(long, conflicts_with = "scores")]
+    random: Option<usize>,
+    /// Seed of --random, DC's words and the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Universe --random draws from.
+    #[arg(long, default_value = "linear")]
+    universe: String,
+    #[arg(long, value_enum)]
+    calibrate: Option<Calibration>,
+    /// Decoder-only models: score the plain prompt instead of the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Generation mode: maximum new tokens.
+    #[arg(long, default_value_t = 24)]
+    max_new_tokens: usize,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    if args.calibrate.is_some() && args.mode == Mode::Generation {
+        bail!("--calibrate applies to scoring mode only");
+    }
+    let lt = args.task.load()?;
+    let mut loaded = args.model.load()?;
+    let mut indices = split_indices(&lt.task, args.split, args.task.split_seed, 0.1);
+    if let Some(n) = args.limit {
+        if n < indices.len() {
+            indices = crispr::data::split::sample_indices(&indices, n, args.seed);
+            indices.sort_unstable();
+        }
+    }
+    let pruning = if let (Some(dir), Some(top)) = (&args.scores, args.top) {
+        let scores = read_scores(dir, loaded.model.sites())?;
+        let neurons = top_neurons(&scores, top);
+        let _ = prune(loaded.model.as_mut(), &neurons);
+        json!({"kind": "scores", "scores": dir.display().to_string(), "top": top, "universe": scores.universe.name()})
+    } else if let Some(n) = args.random {
+        let universe = match args.universe.as_str() {
+            "linear" => crispr::model::Universe::Linear,
+            "ffn" => crispr::model::Universe::Ffn,
+            other => bail!("unknown --universe {other:?} (linear or ffn)"),
+        };
+        let neurons = random_neurons(loaded.model.sites(), universe, n, args.seed);
+        let _ = prune(loaded.model.as_mut(), &neurons);
+        json!({"kind": "random", "n": n, "seed": args.seed, "universe": universe.name()})
+    } else {
+        json!(null)
+    };
+    let opts = EvalOptions {
+        mode: args.mode,
+        calibration: args.calibrate,
+        max_new_tokens: args.max_new_tokens,
+        raw: args.raw,
+        seed: args.seed,
+        ..EvalOptions::default()
+    };
+    let bar = progress((indices.len() * lt.instructions.items.len()) as u64, "eval");
+    let started = std::time::Instant::now();
+    let result = evaluate(&loaded, &lt.task, &lt.instructions, &indices, &opts, &mut || bar.inc(1))?;
+    bar.finish_and_clear();
+    let summary = summarize(&lt.task, &result, args.seed);
+    let per: Vec<_> = result.iter().map(|(m, _)| m.clone()).collect();
+    let mut doc = metrics_json(&lt.task, args.mode.as_str(), args.split.as_str(), &per, &summary);
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert(
+            "model".into(),
+            json!({"path": loaded.format.path().display().to_string(), "sha256": model_checksum(loaded.format.path())}),
+        );
+        obj.insert("pruning".into(), pruning);
+        obj.insert("calibration".into(), json!(args.calibrate));
+        obj.insert("instructions".into(), json!(lt.instructions.name));
+        obj.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| anyhow::anyhow!("{}: {e}", args.out.display()))?;
+    atomic_write(&args.out.join("metrics.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    let acc = doc["mean"]["acc"].as_f64().unwrap_or(f64::NAN);
+    let std = doc["std"]["acc"].as_f64().unwrap_or(f64::NAN);
+    eprintln!(
+        "crispr: {} {} ({} instances × {} instructions): accuracy {acc:.2} ± {std:.2} in {:.1} s → {}",
+        lt.task.name,
+        args.split.as_str(),
+        indices.len(),
+        lt.instructions.items.len(),
+        started.elapsed().as_secs_f64(),
+        args.out.join("metrics.json").display()
+    );
+    Ok(())
+}

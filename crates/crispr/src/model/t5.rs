@@ -1,0 +1,1682 @@
+//! T5 encoder–decoder models (T5 v1.0, and v1.1: Flan-T5, T0), computed as transformers does.
+//!
+//! Same approach as [`crate::model::llama`]: forward and backward are written out by hand, and one
+//! backward sweep yields the gradient of a candidate's log-probability at every hooked site (every
+//! linear output of both stacks, and the FFN activation) without ever forming a weight gradient.
+//!
+//! T5 specifics (transformers `modeling_t5.py`): RMS norm without mean or bias; no biases at all;
+//! attention logits are *not* scaled by 1/√d_kv (the scale is folded into the initialisation); a
+//! learned relative-position bias (bucketed distances: bidirectional in the encoder, causal in the
+//! decoder) belongs to the first block of each stack and is added in every block of that stack;
+//! cross-attention has no position bias; FFN = `wo(relu(wi x))` (v1.0) or
+//! `wo(gelu_tanh(wi_0 x) ⊙ wi_1 x)` (v1.1); v1.0 ties the LM head to the embedding and rescales the
+//! decoder output by d_model^-½, v1.1 has its own head and no rescaling.
+//!
+//! Conventions: activations are row-major `[rows × width]`, weights row-major `[out × in]`. The
+//! decoder can run several target sequences packed one after another (every row carries a sequence
+//! id and a position; attention never crosses sequences), so all candidates of a prompt are scored
+//! in one decoder pass over cross-attention keys and values computed once.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde_json::{json, Value as Json};
+
+use crate::error::{Error, Result};
+use crate::model::llama::{rms_norm, rms_norm_backward, softmax_in_place};
+use crate::model::{Family, LanguageModel, Linear, SiteInfo, Universe};
+pub use crate::model::{ForwardHook, GradVisitor};
+use crate::score::{argmax, log_prob_of};
+use crate::tensor::{matmul_serial, Float, Mat, MatMut};
+use crate::weights::NamedSource;
+
+/// The FFN nonlinearity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    /// transformers' `gelu_new`: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    GeluTanh,
+}
+
+/// Hyper-parameters of a T5 checkpoint (`config.json`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    pub num_decoder_layers: usize,
+    pub num_heads: usize,
+    pub relative_attention_num_buckets: usize,
+    pub relative_attention_max_distance: usize,
+    pub layer_norm_epsilon: f64,
+    /// As written in the config (`relu`, `gated-gelu`, …).
+    pub feed_forward_proj: String,
+    /// `wo(act(wi_0 x) ⊙ wi_1 x)` instead of `wo(act(wi x))`.
+    pub gated: bool,
+    pub activation: Activation,
+    pub tie_word_embeddings: bool,
+    /// Multiply the decoder output by d_model^-½ before the LM head (T5 v1.0).
+    pub scale_decoder_outputs: bool,
+    pub decoder_start_token_id: u32,
+    pub eos_token_id: u32,
+    pub pad_token_id: u32,
+}
+
+impl T5Config {
+    /// Parse a transformers `config.json` with `model_type` `"t5"`.
+    pub fn from_json(path: &Path, v: &Json) -> Result<Self> {
+        let model_type = v.get("model_type").and_then(Json::as_str).unwrap_or("");
+        if model_type != "t5" {
+            return Err(Error::format(path, format!("model_type {model_type:?} is not \"t5\"")));
+        }
+        let get = |k: &str| -> Result<usize> {
+            v.get(k)
+                .and_then(Json::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| Error::format(path, format!("{k} is missing or not a whole number")))
+        };
+        let opt = |k: &str| v.get(k).and_then(Json::as_u64).map(|x| x as usize);
+        // eos_token_id may be a list in newer configs; the first entry is the tokenizer's `</s>`.
+        let token = |k: &str| -> Option<u32> {
+            match v.get(k)? {
+                Json::Array(a) => a.first().and_then(Json::as_u64).map(|x| x as u32),
+                other => other.as_u64().map(|x| x as u32),
+            }
+        };
+        // transformers' default is "relu" (T5 v1.0).
+        let ffp = v.get("feed_forward_proj").and_then(Json::as_str).unwrap_or("relu").to_string();
+        let (gated, act_name) = match ffp.split_once('-') {
+            Some(("gated", a)) => (true, a),
+            Some(_) => {
+                return Err(Error::format(
+                    path,
+                    format!("feed_forward_proj {ffp:?} is not of the form gated-ACT or ACT"),
+                ))
+            }
+            None => (false, ffp.as_str()),
+        };
+        let activation = match (gated, act_name) {
+            (_, "relu") => Activation::Relu,
+            // transformers maps "gated-gelu" to gelu_new (the tanh approximation) for compatibility.
+            (true, "gelu") | (_, "gelu_new") | (_, "gelu_pytorch_tanh") => Activation::GeluTanh,
+            _ => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "feed_forward_proj {ffp:?} is not supported (supported: relu, gated-gelu, gated-relu, \
+                         gelu_new, gated-gelu_new)"
+                    ),
+                ))
+            }
+        };
+        // transformers 5 rewrites configs with tie_word_embeddings=true plus an explicit
+        // scale_decoder_outputs; older configs say tie_word_embeddings=false for v1.1.
+        let tie = v.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(true);
+        let scale = v.get("scale_decoder_outputs").and_then(Json::as_bool).unwrap_or(tie);
+        let num_layers = get("num_layers")?;
+        let pad = token("pad_token_id").unwrap_or(0);
+        let cfg = T5Config {
+            vocab_size: get("vocab_size")?,
+            d_model: get("d_model")?,
+            d_kv: get("d_kv")?,
+            d_ff: get("d_ff")?,
+            num_layers,
+            num_decoder_layers: opt("num_decoder_layers").unwrap_or(num_layers),
+            num_heads: get("num_heads")?,
+            relative_attention_num_buckets: opt("relative_attention_num_buckets").unwrap_or(32),
+            relative_attention_max_distance: opt("relative_attention_max_distance").unwrap_or(128),
+            layer_norm_epsilon: v.get("layer_norm_epsilon").and_then(Json::as_f64).unwrap_or(1e-6),
+            feed_forward_proj: ffp.clone(),
+            gated,
+            activation,
+            tie_word_embeddings: tie,
+            scale_decoder_outputs: scale,
+            decoder_start_token_id: token("decoder_start_token_id").unwrap_or(pad),
+            eos_token_id: token("eos_token_id").unwrap_or(1),
+            pad_token_id: pad,
+        };
+        cfg.validate().map_err(|m| Error::format(path, m))?;
+        Ok(cfg)
+    }
+
+    /// Check the invariants the forward pass relies on.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_layers", self.num_layers),
+            ("num_decoder_layers", self.num_decoder_layers),
+            ("num_heads", self.num_heads),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        // The bidirectional bucketing halves the buckets and gives half of those to exact distances;
+        // the logarithmic part divides by log(max_distance / max_exact).
+        if self.relative_attention_num_buckets < 4 {
+            return Err("relative_attention_num_buckets must be at least 4".into());
+        }
+        if self.relative_attention_max_distance <= self.relative_attention_num_buckets / 2 {
+            return Err("relative_attention_max_distance must exceed relative_attention_num_buckets / 2".into());
+        }
+        for (name, id) in [("decoder_start_token_id", self.decoder_start_token_id), ("eos_token_id", self.eos_token_id)]
+        {
+            if id as usize >= self.vocab_size {
+                return Err(format!("{name} {id} is outside the vocabulary ({})", self.vocab_size));
+            }
+        }
+        Ok(())
+    }
+
+    /// Width of the attention projections (`num_heads · d_kv`).
+    pub fn inner_dim(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// The FFN sites of a block, in forward order.
+    pub fn ffn_projs(&self) -> &'static [T5Proj] {
+        if self.gated {
+            &[T5Proj::Wi0, T5Proj::Wi1, T5Proj::Act, T5Proj::Wo]
+        } else {
+            &[T5Proj::Wi, T5Proj::Act, T5Proj::Wo]
+        }
+    }
+
+    /// The hooked sites of one block of `stack`, in forward order.
+    pub fn block_projs(&self, stack: StackKind) -> Vec<T5Proj> {
+        let attn: &[T5Proj] = match stack {
+            StackKind::Encoder => &[T5Proj::Q, T5Proj::K, T5Proj::V, T5Proj::O],
+            StackKind::Decoder => &[
+                T5Proj::Q,
+                T5Proj::K,
+                T5Proj::V,
+                T5Proj::O,
+                T5Proj::CrossQ,
+                T5Proj::CrossK,
+                T5Proj::CrossV,
+                T5Proj::CrossO,
+            ],
+        };
+        attn.iter().chain(self.ffn_projs()).copied().collect()
+    }
+
+    /// Output width of a site.
+    pub fn out_dim(&self, p: T5Proj) -> usize {
+        match p {
+            T5Proj::O | T5Proj::CrossO | T5Proj::Wo => self.d_model,
+            T5Proj::Wi0 | T5Proj::Wi1 | T5Proj::Wi | T5Proj::Act => self.d_ff,
+            _ => self.inner_dim(),
+        }
+    }
+
+    /// Every weight tensor of a transformers checkpoint of this shape (name, shape), in module order.
+    /// The embedding is stored once (`shared.weight`); `lm_head.weight` only when untied.
+    pub fn checkpoint_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, inner, ff) = (self.d_model, self.inner_dim(), self.d_ff);
+        let mut out = vec![("shared.weight".to_string(), vec![self.vocab_size, d])];
+        for stack in [StackKind::Encoder, StackKind::Decoder] {
+            let s = stack.name();
+            for l in 0..self.layers(stack) {
+                let attn = |module: &str, sub: usize, out: &mut Vec<(String, Vec<usize>)>| {
+                    for p in ["q", "k", "v"] {
+                        out.push((format!("{s}.block.{l}.layer.{sub}.{module}.{p}.weight"), vec![inner, d]));
+                    }
+                    out.push((format!("{s}.block.{l}.layer.{sub}.{module}.o.weight"), vec![d, inner]));
+                };
+                attn("SelfAttention", 0, &mut out);
+                if l == 0 {
+                    out.push((
+                        format!("{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                        vec![self.relative_attention_num_buckets, self.num_heads],
+                    ));
+                }
+                out.push((format!("{s}.block.{l}.layer.0.layer_norm.weight"), vec![d]));
+                if stack == StackKind::Decoder {
+                    attn("EncDecAttention", 1, &mut out);
+                    out.push((format!("{s}.block.{l}.layer.1.layer_norm.weight"), vec![d]));
+                }
+                let f = stack.ffn_sublayer();
+                let wis: &[&str] = if self.gated { &["wi_0", "wi_1"] } else { &["wi"] };
+                for w in wis {
+                    out.push((format!("{s}.block.{l}.layer.{f}.DenseReluDense.{w}.weight"), vec![ff, d]));
+                }
+                out.push((format!("{s}.block.{l}.layer.{f}.DenseReluDense.wo.weight"), vec![d, ff]));
+                out.push((format!("{s}.block.{l}.layer.{f}.layer_norm.weight"), vec![d]));
+            }
+            out.push((format!("{s}.final_layer_norm.weight"), vec![d]));
+        }
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![self.vocab_size, d]));
+        }
+        out
+    }
+
+    pub fn layers(&self, stack: StackKind) -> usize {
+        match stack {
+            StackKind::Encoder => self.num_layers,
+            StackKind::Decoder => self.num_decoder_layers,
+        }
+    }
+}
+
+/// transformers `T5Attention._relative_position_bucket`: the bucket of `relative_position`
+/// (= key position − query position). The logarithmic part is computed in f32 as torch does, so
+/// distances whose bucket sits on a boundary land in the same bucket.
+pub fn relative_position_bucket(
+    relative_position: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
+    let mut nb = num_buckets as i64;
+    let mut bucket = 0i64;
+    let n = if bidirectional {
+        nb /= 2;
+        if relative_position > 0 {
+            bucket += nb;
+        }
+        relative_position.abs()
+    } else {
+        (-relative_position).max(0)
+    };
+    let max_exact = nb / 2;
+    if n < max_exact {
+        return (bucket + n) as usize;
+    }
+    let log_ratio = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
+    let large = max_exact + ((n as f32 / max_exact as f32).ln() / log_ratio * (nb - max_exact) as f32) as i64;
+    (bucket + large.min(nb - 1)) as usize
+}
+
+/// Which stack a site or weight belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StackKind {
+    Encoder,
+    Decoder,
+}
+
+impl StackKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StackKind::Encoder => "encoder",
+            StackKind::Decoder => "decoder",
+        }
+    }
+
+    /// Index of the FFN sub-layer in a block (`layer.1` in the encoder, `layer.2` in the decoder).
+    fn ffn_sublayer(self) -> usize {
+        match self {
+            StackKind::Encoder => 1,
+            StackKind::Decoder => 2,
+        }
+    }
+}
+
+/// A hooked site of a T5 block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum T5Proj {
+    Q,
+    K,
+    V,
+    O,
+    CrossQ,
+    CrossK,
+    CrossV,
+    CrossO,
+    /// Gated FFN (v1.1): the projection through the nonlinearity.
+    Wi0,
+    /// Gated FFN (v1.1): the linear projection it multiplies.
+    Wi1,
+    /// Plain FFN (v1.0).
+    Wi,
+    /// The FFN activation (input of `wo`): the `ffn` universe's units.
+    Act,
+    Wo,
+}
+
+impl T5Proj {
+    /// Short kind for grouping in reports.
+    pub fn kind(self) -> &'static str {
+        match self {
+            T5Proj::Q => "q",
+            T5Proj::K => "k",
+            T5Proj::V => "v",
+            T5Proj::O => "o",
+            T5Proj::CrossQ => "cross_q",
+            T5Proj::CrossK => "cross_k",
+            T5Proj::CrossV => "cross_v",
+            T5Proj::CrossO => "cross_o",
+            T5Proj::Wi0 => "wi_0",
+            T5Proj::Wi1 => "wi_1",
+            T5Proj::Wi => "wi",
+            T5Proj::Act => "act",
+            T5Proj::Wo => "wo",
+        }
+    }
+
+    /// Whether the site's rows are encoder positions (the prompt's tokens): every encoder site, and
+    /// the cross-attention keys and values, which read the encoder output.
+    pub fn on_encoder_positions(self, stack: StackKind) -> bool {
+        stack == StackKind::Encoder || matches!(self, T5Proj::CrossK | T5Proj::CrossV)
+    }
+}
+
+/// One hooked site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct T5Site {
+    pub stack: StackKind,
+    pub layer: usize,
+    pub proj: T5Proj,
+}
+
+impl T5Site {
+    /// The module path in the transformers naming, e.g. `decoder.block.3.layer.1.EncDecAttention.k`.
+    pub fn module_name(&self) -> String {
+        let (s, l) = (self.stack.name(), self.layer);
+        let f = self.stack.ffn_sublayer();
+        match self.proj {
+            T5Proj::Q | T5Proj::K | T5Proj::V | T5Proj::O => {
+                format!("{s}.block.{l}.layer.0.SelfAttention.{}", self.proj.kind())
+            }
+            T5Proj::CrossQ | T5Proj::CrossK | T5Proj::CrossV | T5Proj::CrossO => {
+                format!("{s}.block.{l}.layer.1.EncDecAttention.{}", &self.proj.kind()[6..])
+            }
+            _ => format!("{s}.block.{l}.layer.{f}.DenseReluDense.{}", self.proj.kind()),
+        }
+    }
+}
+
+/// The four projections of an attention sub-layer.
+#[derive(Clone, Debug)]
+pub struct Attention<F> {
+    pub q: Linear<F>,
+    pub k: Linear<F>,
+    pub v: Linear<F>,
+    pub o: Linear<F>,
+}
+
+/// The FFN of a block. `wi_0` holds `wi` when the FFN is not gated.
+#[derive(Clone, Debug)]
+pub struct FeedForward<F> {
+    pub wi_0: Linear<F>,
+    pub wi_1: Option<Linear<F>>,
+    pub wo: Linear<F>,
+}
+
+/// One block: self-attention, cross-attention (decoder only), FFN; each behind its own RMS norm.
+#[derive(Clone, Debug)]
+pub struct Block<F> {
+    pub self_norm: Vec<F>,
+    pub self_attn: Attention<F>,
+    pub cross_norm: Option<Vec<F>>,
+    pub cross_attn: Option<Attention<F>>,
+    pub ffn_norm: Vec<F>,
+    pub ffn: FeedForward<F>,
+}
+
+/// One stack of blocks with its final norm and its relative-position bias table.
+#[derive(Clone, Debug)]
+pub struct Stack<F> {
+    pub blocks: Vec<Block<F>>,
+    pub final_norm: Vec<F>,
+    /// `[buckets × heads]`, from the first block's self-attention.
+    pub relative_bias: Vec<F>,
+}
+
+/// A T5 model with weights in `F`.
+#[derive(Clone, Debug)]
+pub struct T5Model<F> {
+    pub cfg: T5Config,
+    /// `[vocab × d_model]`, shared by both stacks.
+    pub shared: Vec<F>,
+    pub encoder: Stack<F>,
+    pub decoder: Stack<F>,
+    /// `None` when the LM head is the embedding.
+    pub lm_head: Option<Vec<F>>,
+    site_keys: Vec<T5Site>,
+    sites: Vec<SiteInfo>,
+    enc_projs: Vec<T5Proj>,
+    dec_projs: Vec<T5Proj>,
+}
+
+/// The sequence id and position of every row of a (packed) batch.
+#[derive(Clone, Debug, Default)]
+struct Rows {
+    seq: Vec<u32>,
+    pos: Vec<usize>,
+}
+
+impl Rows {
+    fn single(pos0: usize, n: usize) -> Rows {
+        Rows { seq: vec![0; n], pos: (pos0..pos0 + n).collect() }
+    }
+
+    fn len(&self) -> usize {
+        self.pos.len()
+    }
+}
+
+/// Self-attention keys and values of the decoder positions generated so far, per block.
+#[derive(Clone, Debug, Default)]
+pub struct DecoderCache<F> {
+    layers: Vec<(Vec<F>, Vec<F>)>,
+    len: usize,
+}
+
+impl<F> DecoderCache<F> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// What the backward pass needs from one attention sub-layer.
+struct AttnTrace<F> {
+    x_in: Vec<F>,
+    inv_rms: Vec<F>,
+    q: Vec<F>,
+    /// Self-attention only: cross-attention keys and values live in the encoder-side buffers.
+    k: Vec<F>,
+    v: Vec<F>,
+    /// `[heads × rows × keys]`
+    probs: Vec<F>,
+    o: Vec<F>,
+}
+
+struct FfnTrace<F> {
+    x_in: Vec<F>,
+    inv_rms: Vec<F>,
+    wi_0: Vec<F>,
+    /// Empty when the FFN is not gated.
+    wi_1: Vec<F>,
+    act: Vec<F>,
+    wo: Vec<F>,
+}
+
+struct BlockTrace<F> {
+    attn: AttnTrace<F>,
+    cross: Option<AttnTrace<F>>,
+    ffn: FfnTrace<F>,
+}
+
+/// A stack's forward pass, kept for the backward pass.
+struct StackTrace<F> {
+    blocks: Vec<BlockTrace<F>>,
+    final_in: Vec<F>,
+    final_inv_rms: Vec<F>,
+    /// Output of the final norm, `[rows × d_model]`.
+    out: Vec<F>,
+}
+
+fn fire<F>(hook: &mut Option<ForwardHook<'_, F>>, id: usize, y: &mut [F]) {
+    if let Some(h) = hook.as_mut() {
+        h(id, y);
+    }
+}
+
+/// Elementwise work below this many values stays on one thread.
+const PAR_ELEMS: usize = 1 << 15;
+
+#[inline]
+fn gelu_tanh<F: Float>(x: F) -> F {
+    let c = F::from_f64((2.0 / std::f64::consts::PI).sqrt());
+    let inner = c * (x + F::from_f64(0.044715) * x * x * x);
+    F::from_f64(0.5) * x * (F::ONE + inner.tanh())
+}
+
+#[inline]
+fn gelu_tanh_grad<F: Float>(x: F) -> F {
+    let c = F::from_f64((2.0 / std::f64::consts::PI).sqrt());
+    let k = F::from_f64(0.044715);
+    let t = (c * (x + k * x * x * x)).tanh();
+    let half = F::from_f64(0.5);
+    half * (F::ONE + t) + half * x * (F::ONE - t * t) * c * (F::ONE + F::from_f64(3.0) * k * x * x)
+}
+
+impl Activation {
+    #[inline]
+    fn apply<F: Float>(self, x: F) -> F {
+        match self {
+            Activation::Relu => x.max(F::ZERO),
+            Activation::GeluTanh => gelu_tanh(x),
+        }
+    }
+
+    #[inline]
+    fn grad<F: Float>(self, x: F) -> F {
+        match self {
+            Activation::Relu => {
+                if x > F::ZERO {
+                    F::ONE
+                } else {
+                    F::ZERO
+                }
+            }
+            Activation::GeluTanh => gelu_tanh_grad(x),
+        }
+    }
+}
+
+/// `f(i, chunk)` over consecutive chunks of `width` values, in parallel when there is enough work.
+fn par_rows<F: Float>(data: &mut [F], width: usize, f: impl Fn(usize, &mut [F]) + Sync + Send) {
+    if data.len() >= PAR_ELEMS {
+        data.par_chunks_mut(width).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        data.chunks_mut(width).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+impl<F: Float> T5Model<F> {
+    pub fn new(cfg: T5Config, shared: Vec<F>, encoder: Stack<F>, decoder: Stack<F>, lm_head: Option<Vec<F>>) -> Self {
+        let enc_projs = cfg.block_projs(StackKind::Encoder);
+        let dec_projs = cfg.block_projs(StackKind::Decoder);
+        let mut site_keys = Vec::new();
+        for (stack, projs) in [(StackKind::Encoder, &enc_projs), (StackKind::Decoder, &dec_projs)] {
+            for layer in 0..cfg.layers(stack) {
+                site_keys.extend(projs.iter().map(|&proj| T5Site { stack, layer, proj }));
+            }
+        }
+        let sites = site_keys
+            .iter()
+            .map(|s| SiteInfo {
+                name: s.module_name(),
+                layer: s.layer,
+                kind: s.proj.kind(),
+                stack: s.stack.name(),
+                width: cfg.out_dim(s.proj),
+                universe: if s.proj == T5Proj::Act { Universe::Ffn } else { Universe::Linear },
+            })
+            .collect();
+        T5Model { cfg, shared, encoder, decoder, lm_head, site_keys, sites, enc_projs, dec_projs }
+    }
+
+    /// Every hooked site, in the order of [`LanguageModel::sites`].
+    pub fn site_keys(&self) -> &[T5Site] {
+        &self.site_keys
+    }
+
+    /// Index of a site in the site table.
+    pub fn site_index(&self, stack: StackKind, layer: usize, proj: T5Proj) -> usize {
+        let (base, projs) = match stack {
+            StackKind::Encoder => (0, &self.enc_projs),
+            StackKind::Decoder => (self.cfg.num_layers * self.enc_projs.len(), &self.dec_projs),
+        };
+        let slot = projs.iter().position(|&p| p == proj).expect("site kind belongs to this stack");
+        base + layer * projs.len() + slot
+    }
+
+    fn stack(&self, kind: StackKind) -> &Stack<F> {
+        match kind {
+            StackKind::Encoder => &self.encoder,
+            StackKind::Decoder => &self.decoder,
+        }
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Vec<F> {
+        let d = self.cfg.d_model;
+        let mut x = Vec::with_capacity(tokens.len() * d);
+        for &t in tokens {
+            let t = t as usize;
+            x.extend_from_slice(&self.shared[t * d..(t + 1) * d]);
+        }
+        x
+    }
+
+    /// The additive attention bias `[heads × queries × keys]` of a stack's self-attention: the
+    /// relative-position bias, and −∞ where a key is invisible (another sequence of the batch, or,
+    /// in the decoder, a later position). transformers computes it in the first block and shares it.
+    fn position_bias(&self, kind: StackKind, q: &Rows, k: &Rows) -> Vec<F> {
+        let cfg = &self.cfg;
+        let heads = cfg.num_heads;
+        let table = &self.stack(kind).relative_bias;
+        let bidirectional = kind == StackKind::Encoder;
+        let (nq, nk) = (q.len(), k.len());
+        let mut out = vec![F::NEG_INFINITY; heads * nq * nk];
+        for i in 0..nq {
+            for j in 0..nk {
+                let visible = q.seq[i] == k.seq[j] && (bidirectional || k.pos[j] <= q.pos[i]);
+                if !visible {
+                    continue;
+                }
+                let b = relative_position_bucket(
+                    k.pos[j] as i64 - q.pos[i] as i64,
+                    bidirectional,
+                    cfg.relative_attention_num_buckets,
+                    cfg.relative_attention_max_distance,
+                );
+                for h in 0..heads {
+                    out[(h * nq + i) * nk + j] = table[b * heads + h];
+                }
+            }
+        }
+        out
+    }
+
+    /// Per head: `softmax(q kᵀ + bias) v` — no 1/√d_kv scaling in T5. `q` is `[n × inner]`, `k`
+    /// and `v` are `[m × inner]`, `bias` `[heads × n × m]` (`None`: no bias, every key visible).
+    /// Returns the concatenated head outputs `[n × inner]` and the probabilities `[heads × n × m]`.
+    fn attention(&self, q: &[F], k: &[F], v: &[F], n: usize, m: usize, bias: Option<&[F]>) -> (Vec<F>, Vec<F>) {
+        let (nh, hd) = (self.cfg.num_heads, self.cfg.d_kv);
+        let inner = nh * hd;
+        let per_head: Vec<(Vec<F>, Vec<F>)> = (0..nh)
+            .into_par_iter()
+            .map(|h| {
+                let mut s = match bias {
+                    Some(b) => b[h * n * m..(h + 1) * n * m].to_vec(),
+                    None => vec![F::ZERO; n * m],
+                };
+                matmul_serial(
+                    MatMut::rows(&mut s, n, m),
+                    Mat::strided(q, h * hd, n, hd, inner, 1),
+                    Mat::strided(k, h * hd, m, hd, inner, 1).transpose(),
+                    F::ONE,
+                    true,
+                );
+                if m > 0 {
+                    for row in s.chunks_exact_mut(m) {
+                        softmax_in_place(row);
+                    }
+                }
+                let mut out = vec![F::ZERO; n * hd];
+                matmul_serial(
+                    MatMut::rows(&mut out, n, hd),
+                    Mat::rows(&s, n, m),
+                    Mat::strided(v, h * hd, m, hd, inner, 1),
+                    F::ONE,
+                    false,
+                );
+                (out, s)
+            })
+            .collect();
+        let mut ctx = vec![F::ZERO; n * inner];
+        let mut probs = Vec::with_capacity(nh * n * m);
+        for (h, (out, p)) in per_head.into_iter().enumerate() {
+            for i in 0..n {
+                ctx[i * inner + h * hd..i * inner + (h + 1) * hd].copy_from_slice(&out[i * hd..(i + 1) * hd]);
+            }
+            probs.extend_from_slice(&p);
+        }
+        (ctx, probs)
+    }
+
+    /// Gradients of q, k, v from that of the attention output (see [`Self::attention`]).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &[F],
+        k: &[F],
+        v: &[F],
+        probs: &[F],
+        d_ctx: &[F],
+        n: usize,
+        m: usize,
+    ) -> (Vec<F>, Vec<F>, Vec<F>) {
+        let (nh, hd) = (self.cfg.num_heads, self.cfg.d_kv);
+        let inner = nh * hd;
+        let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..nh)
+            .into_par_iter()
+            .map(|h| {
+                let p = &probs[h * n * m..(h + 1) * n * m];
+                let d_out = Mat::strided(d_ctx, h * hd, n, hd, inner, 1);
+                // dV = Pᵀ dO
+                let mut dv = vec![F::ZERO; m * hd];
+                matmul_serial(MatMut::rows(&mut dv, m, hd), Mat::rows(p, n, m).transpose(), d_out, F::ONE, false);
+                // dP = dO Vᵀ; dS = P ⊙ (dP − rowsum(dP ⊙ P)) (the bias is a constant).
+                let mut ds = vec![F::ZERO; n * m];
+                matmul_serial(
+                    MatMut::rows(&mut ds, n, m),
+                    d_out,
+                    Mat::strided(v, h * hd, m, hd, inner, 1).transpose(),
+                    F::ONE,
+                    false,
+                );
+                if m > 0 {
+                    for (prow, drow) in p.chunks_exact(m).zip(ds.chunks_exact_mut(m)) {
+                        let mut dot = F::ZERO;
+                        for (&pv, &dv) in prow.iter().zip(drow.iter()) {
+                            dot += pv * dv;
+                        }
+                        for (dv, &pv) in drow.iter_mut().zip(prow) {
+                            *dv = pv * (*dv - dot);
+                        }
+                    }
+                }
+                // dQ = dS K, dK = dSᵀ Q
+                let mut dq = vec![F::ZERO; n * hd];
+                matmul_serial(
+                    MatMut::rows(&mut dq, n, hd),
+                    Mat::rows(&ds, n, m),
+                    Mat::strided(k, h * hd, m, hd, inner, 1),
+                    F::ONE,
+                    false,
+                );
+                let mut dk = vec![F::ZERO; m * hd];
+                matmul_serial(
+                    MatMut::rows(&mut dk, m, hd),
+                    Mat::rows(&ds, n, m).transpose(),
+                    Mat::strided(q, h * hd, n, hd, inner, 1),
+                    F::ONE,
+                    false,
+                );
+                (dq, dk, dv)
+            })
+            .collect();
+        let mut dq = vec![F::ZERO; n * inner];
+        let mut dk = vec![F::ZERO; m * inner];
+        let mut dv = vec![F::ZERO; m * inner];
+        for (h, (q_h, k_h, v_h)) in per_head.into_iter().enumerate() {
+            for i in 0..n {
+                dq[i * inner + h * hd..i * inner + (h + 1) * hd].copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
+            }
+            for j in 0..m {
+                dk[j * inner + h * hd..j * inner + (h + 1) * hd].copy_from_slice(&k_h[j * hd..(j + 1) * hd]);
+                dv[j * inner + h * hd..j * inner + (h + 1) * hd].copy_from_slice(&v_h[j * hd..(j + 1) * hd]);
+            }
+        }
+        (dq, dk, dv)
+    }
+
+    /// One block over `n` rows of `x` (updated in place).
+    /// `self_cache`: append this block's keys/values to it and attend over all of it (generation);
+    /// `cross`: the encoder-side keys and values of this block (decoder only).
+    #[allow(clippy::too_many_arguments)]
+    fn block_forward(
+        &self,
+        kind: StackKind,
+        l: usize,
+        x: &mut [F],
+        n: usize,
+        bias: &[F],
+        self_cache: Option<&mut (Vec<F>, Vec<F>)>,
+        cross: Option<(&[F], &[F], usize)>,
+        hook: &mut Option<ForwardHook<'_, F>>,
+    ) -> BlockTrace<F> {
+        let cfg = &self.cfg;
+        let eps = cfg.layer_norm_epsilon;
+        let block = &self.stack(kind).blocks[l];
+        let id = |p: T5Proj| self.site_index(kind, l, p);
+
+        // Self-attention.
+        let x_in = x.to_vec();
+        let (h, inv_rms) = rms_norm(x, &block.self_norm, eps);
+        let a = &block.self_attn;
+        let mut q = a.q.forward(&h, n);
+        fire(hook, id(T5Proj::Q), &mut q);
+        let mut k = a.k.forward(&h, n);
+        fire(hook, id(T5Proj::K), &mut k);
+        let mut v = a.v.forward(&h, n);
+        fire(hook, id(T5Proj::V), &mut v);
+        let (ctx, probs) = match self_cache {
+            Some((kc, vc)) => {
+                kc.extend_from_slice(&k);
+                vc.extend_from_slice(&v);
+                let m = kc.len() / cfg.inner_dim();
+                self.attention(&q, kc, vc, n, m, Some(bias))
+            }
+            None => self.attention(&q, &k, &v, n, n, Some(bias)),
+        };
+        let mut o = a.o.forward(&ctx, n);
+        fire(hook, id(T5Proj::O), &mut o);
+        for (xi, &oi) in x.iter_mut().zip(&o) {
+            *xi += oi;
+        }
+        let attn = AttnTrace { x_in, inv_rms, q, k, v, probs, o };
+
+        // Cross-attention over the encoder output (keys and values precomputed).
+        let cross = match (cross, &block.cross_norm, &block.cross_attn) {
+            (Some((ck, cv, m)), Some(norm), Some(ca)) => {
+                let x_in = x.to_vec();
+                let (h, inv_rms) = rms_norm(x, norm, eps);
+                let mut q = ca.q.forward(&h, n);
+                fire(hook, id(T5Proj::CrossQ), &mut q);
+                let (ctx, probs) = self.attention(&q, ck, cv, n, m, None);
+                let mut o = ca.o.forward(&ctx, n);
+                fire(hook, id(T5Proj::CrossO), &mut o);
+                for (xi, &oi) in x.iter_mut().zip(&o) {
+                    *xi += oi;
+                }
+                Some(AttnTrace { x_in, inv_rms, q, k: Vec::new(), v: Vec::new(), probs, o })
+            }
+            _ => None,
+        };
+
+        // Feed-forward.
+        let x_in = x.to_vec();
+        let (h, inv_rms) = rms_norm(x, &block.ffn_norm, eps);
+        let f = &block.ffn;
+        let act_fn = cfg.activation;
+        let ff = cfg.d_ff;
+        let (wi_0, wi_1, mut act) = if let Some(w1) = &f.wi_1 {
+            let mut wi_0 = f.wi_0.forward(&h, n);
+            fire(hook, id(T5Proj::Wi0), &mut wi_0);
+            let mut wi_1 = w1.forward(&h, n);
+            fire(hook, id(T5Proj::Wi1), &mut wi_1);
+            let mut act = wi_0.clone();
+            par_rows(&mut act, ff, |r, row| {
+                for (a, &b) in row.iter_mut().zip(&wi_1[r * ff..(r + 1) * ff]) {
+                    *a = act_fn.apply(*a) * b;
+                }
+            });
+            (wi_0, wi_1, act)
+        } else {
+            let mut wi = f.wi_0.forward(&h, n);
+            fire(hook, id(T5Proj::Wi), &mut wi);
+            let mut act = wi.clone();
+            par_rows(&mut act, ff, |_, row| {
+                for a in row.iter_mut() {
+                    *a = act_fn.apply(*a);
+                }
+            });
+            (wi, Vec::new(), act)
+        };
+        fire(hook, id(T5Proj::Act), &mut act);
+        let mut wo = f.wo.forward(&act, n);
+        fire(hook, id(T5Proj::Wo), &mut wo);
+        for (xi, &yi) in x.iter_mut().zip(&wo) {
+            *xi += yi;
+        }
+        BlockTrace { attn, cross, ffn: FfnTrace { x_in, inv_rms, wi_0, wi_1, act, wo } }
+    }
+
+    /// The encoder over `tokens`, keeping what the backward pass needs.
+    fn run_encoder(&self, tokens: &[u32], hook: &mut Option<ForwardHook<'_, F>>) -> StackTrace<F> {
+        let n = tokens.len();
+        let mut x = self.embed(tokens);
+        let rows = Rows::single(0, n);
+        let bias = self.position_bias(StackKind::Encoder, &rows, &rows);
+        let blocks = (0..self.cfg.num_layers)
+            .map(|l| self.block_forward(StackKind::Encoder, l, &mut x, n, &bias, None, None, hook))
+            .collect();
+        let (out, inv) = rms_norm(&x, &self.encoder.final_norm, self.cfg.layer_norm_epsilon);
+        StackTrace { blocks, final_in: x, final_inv_rms: inv, out }
+    }
+
+    /// Encoder output (after the final norm), `[tokens × d_model]`.
+    pub fn encode(&self, tokens: &[u32]) -> Vec<F> {
+        self.run_encoder(tokens, &mut None).out
+    }
+
+    /// Cross-attention keys and values of every decoder block, `[m × inner]` each, from the encoder
+    /// output of `m` tokens: computed once per prompt.
+    fn cross_kv(&self, enc: &[F], m: usize, hook: &mut Option<ForwardHook<'_, F>>) -> Vec<(Vec<F>, Vec<F>)> {
+        (0..self.cfg.num_decoder_layers)
+            .map(|l| {
+                let ca = self.decoder.blocks[l].cross_attn.as_ref().expect("decoder block has cross-attention");
+                let mut k = ca.k.forward(enc, m);
+                fire(hook, self.site_index(StackKind::Decoder, l, T5Proj::CrossK), &mut k);
+                let mut v = ca.v.forward(enc, m);
+                fire(hook, self.site_index(StackKind::Decoder, l, T5Proj::CrossV), &mut v);
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// The decoder over `tokens` laid out as `rows`; with a cache, the rows continue the cached
+    /// sequence (one sequence only).
+    fn run_decoder(
+        &self,
+        tokens: &[u32],
+        rows: &Rows,
+        cross: &[(Vec<F>, Vec<F>)],
+        m: usize,
+        mut cache: Option<&mut DecoderCache<F>>,
+        hook: &mut Option<ForwardHook<'_, F>>,
+    ) -> StackTrace<F> {
+        let n = tokens.len();
+        let mut x = self.embed(tokens);
+        let bias = match cache.as_deref() {
+            Some(c) => self.position_bias(StackKind::Decoder, rows, &Rows::single(0, c.len + n)),
+            None => self.position_bias(StackKind::Decoder, rows, rows),
+        };
+        let mut blocks = Vec::with_capacity(self.cfg.num_decoder_layers);
+        for (l, (ck, cv)) in cross.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            blocks.push(self.block_forward(
+                StackKind::Decoder,
+                l,
+                &mut x,
+                n,
+                &bias,
+                layer_cache,
+                Some((ck, cv, m)),
+                hook,
+            ));
+        }
+        if let Some(c) = cache {
+            c.len += n;
+        }
+        let (out, inv) = rms_norm(&x, &self.decoder.final_norm, self.cfg.layer_norm_epsilon);
+        StackTrace { blocks, final_in: x, final_inv_rms: inv, out }
+    }
+
+    fn head(&self) -> &[F] {
+        self.lm_head.as_deref().unwrap_or(&self.shared)
+    }
+
+    fn output_scale(&self) -> F {
+        if self.cfg.scale_decoder_outputs {
+            F::from_f64(1.0 / (self.cfg.d_model as f64).sqrt())
+        } else {
+            F::ONE
+        }
+    }
+
+    /// Logits `[rows × vocab]` from decoder output rows (after the final norm).
+    pub fn logits(&self, hidden: &[F], rows: usize) -> Vec<F> {
+        let s = self.output_scale();
+        let scaled: Vec<F>;
+        let h = if self.cfg.scale_decoder_outputs {
+            scaled = hidden.iter().map(|&v| v * s).collect();
+            &scaled
+        } else {
+            hidden
+        };
+        crate::tensor::linear(h, rows, self.head(), None, self.cfg.vocab_size)
+    }
+
+    /// Logits at every decoder position for `decoder_input` (starting with the decoder start
+    /// token) after `prompt`: transformers' `model(input_ids, decoder_input_ids).logits`.
+    pub fn forward_logits(&self, prompt: &[u32], decoder_input: &[u32]) -> Vec<F> {
+        let enc = self.encode(prompt);
+        let m = prompt.len();
+        let cross = self.cross_kv(&enc, m, &mut None);
+        let rows = Rows::single(0, decoder_input.len());
+        let dec = self.run_decoder(decoder_input, &rows, &cross, m, None, &mut None);
+        self.logits(&dec.out, decoder_input.len())
+    }
+
+    /// Backward through one block: `dx` holds the gradient at the block's output and is turned
+    /// into the gradient at its input. Decoder blocks add the gradient at the encoder output
+    /// (through the cross-attention keys and values) to `d_enc`.
+    #[allow(clippy::too_many_arguments)]
+    fn block_backward(
+        &self,
+        kind: StackKind,
+        l: usize,
+        t: &BlockTrace<F>,
+        dx: &mut [F],
+        n: usize,
+        cross: Option<(&[F], &[F], &[F], usize, &mut [F])>,
+        visit: GradVisitor<'_, F>,
+    ) {
+        let cfg = &self.cfg;
+        let block = &self.stack(kind).blocks[l];
+        let id = |p: T5Proj| self.site_index(kind, l, p);
+        let (d, ff, inner) = (cfg.d_model, cfg.d_ff, cfg.inner_dim());
+
+        // FFN: x_out = x_in + wo(act)
+        let f = &t.ffn;
+        let d_wo = dx.to_vec();
+        visit(id(T5Proj::Wo), &f.wo, &d_wo);
+        let mut d_act = vec![F::ZERO; n * ff];
+        block.ffn.wo.backward_into(&mut d_act, &d_wo, n);
+        visit(id(T5Proj::Act), &f.act, &d_act);
+        let act_fn = cfg.activation;
+        let mut d_h = vec![F::ZERO; n * d];
+        if let Some(w1) = &block.ffn.wi_1 {
+            // act = g(wi_0) ⊙ wi_1
+            let mut d0 = d_act.clone();
+            par_rows(&mut d0, ff, |r, row| {
+                let span = r * ff..(r + 1) * ff;
+                for ((dv, &a), &b) in row.iter_mut().zip(&f.wi_0[span.clone()]).zip(&f.wi_1[span]) {
+                    *dv = *dv * b * act_fn.grad(a);
+                }
+            });
+            let mut d1 = d_act;
+            par_rows(&mut d1, ff, |r, row| {
+                for (dv, &a) in row.iter_mut().zip(&f.wi_0[r * ff..(r + 1) * ff]) {
+                    *dv *= act_fn.apply(a);
+                }
+            });
+            visit(id(T5Proj::Wi0), &f.wi_0, &d0);
+            visit(id(T5Proj::Wi1), &f.wi_1, &d1);
+            block.ffn.wi_0.backward_into(&mut d_h, &d0, n);
+            w1.backward_into(&mut d_h, &d1, n);
+        } else {
+            let mut d0 = d_act;
+            par_rows(&mut d0, ff, |r, row| {
+                for (dv, &a) in row.iter_mut().zip(&f.wi_0[r * ff..(r + 1) * ff]) {
+                    *dv *= act_fn.grad(a);
+                }
+            });
+            visit(id(T5Proj::Wi), &f.wi_0, &d0);
+            block.ffn.wi_0.backward_into(&mut d_h, &d0, n);
+        }
+        rms_norm_backward(dx, &d_h, &f.x_in, &f.inv_rms, &block.ffn_norm);
+
+        // Cross-attention: x_ffn = x_c + o(attn(q(norm(x_c)), K(enc), V(enc)))
+        if let (Some(ct), Some((ck, cv, ..)), Some(ca), Some(norm)) =
+            (&t.cross, cross.as_ref(), &block.cross_attn, &block.cross_norm)
+        {
+            let m = ck.len() / inner;
+            let d_o = dx.to_vec();
+            visit(id(T5Proj::CrossO), &ct.o, &d_o);
+            let mut d_ctx = vec![F::ZERO; n * inner];
+            ca.o.backward_into(&mut d_ctx, &d_o, n);
+            let (dq, dk, dv) = self.attention_backward(&ct.q, ck, cv, &ct.probs, &d_ctx, n, m);
+            visit(id(T5Proj::CrossQ), &ct.q, &dq);
+            visit(id(T5Proj::CrossK), ck, &dk);
+            visit(id(T5Proj::CrossV), cv, &dv);
+            let mut d_h = vec![F::ZERO; n * d];
+            ca.q.backward_into(&mut d_h, &dq, n);
+            rms_norm_backward(dx, &d_h, &ct.x_in, &ct.inv_rms, norm);
+            if let Some((_, _, _, m_enc, d_enc)) = cross {
+                debug_assert_eq!(m_enc, m);
+                ca.k.backward_into(d_enc, &dk, m);
+                ca.v.backward_into(d_enc, &dv, m);
+            }
+        }
+
+        // Self-attention: x_c = x_in + o(attn(q, k, v)(norm(x_in)))
+        let a = &t.attn;
+        let d_o = dx.to_vec();
+        visit(id(T5Proj::O), &a.o, &d_o);
+        let mut d_ctx = vec![F::ZERO; n * inner];
+        block.self_attn.o.backward_into(&mut d_ctx, &d_o, n);
+        let (dq, dk, dv) = self.attention_backward(&a.q, &a.k, &a.v, &a.probs, &d_ctx, n, n);
+        visit(id(T5Proj::Q), &a.q, &dq);
+        visit(id(T5Proj::K), &a.k, &dk);
+        visit(id(T5Proj::V), &a.v, &dv);
+        let mut d_h = vec![F::ZERO; n * d];
+        block.self_attn.q.backward_into(&mut d_h, &dq, n);
+        block.self_attn.k.backward_into(&mut d_h, &dk, n);
+        block.self_attn.v.backward_into(&mut d_h, &dv, n);
+        rms_norm_backward(dx, &d_h, &a.x_in, &a.inv_rms, &block.self_norm);
+    }
+
+    /// `log P(candidate | prompt)` and the activation gradient at every site: one forward and one
+    /// backward pass. Encoder sites and the cross-attention keys/values are visited with encoder
+    /// rows (the prompt's tokens), the other decoder sites with decoder rows (the candidate's).
+    pub fn logprob_and_grads(
+        &self,
+        prompt: &[u32],
+        candidate: &[u32],
+        mut hook: Option<ForwardHook<'_, F>>,
+        visit: GradVisitor<'_, F>,
+    ) -> f64 {
+        let (d, vocab) = (self.cfg.d_model, self.cfg.vocab_size);
+        let m = prompt.len();
+        let n = candidate.len();
+        if n == 0 {
+            return 0.0;
+        }
+        let enc = self.run_encoder(prompt, &mut hook);
+        let cross = self.cross_kv(&enc.out, m, &mut hook);
+        let dec_in = self.decoder_input(candidate);
+        let rows = Rows::single(0, n);
+        let dec = self.run_decoder(&dec_in, &rows, &cross, m, None, &mut hook);
+        let logits = self.logits(&dec.out, n);
+
+        // d log softmax(z)[t] / dz = onehot(t) − softmax(z)
+        let mut total = 0.0;
+        let mut d_logits = vec![F::ZERO; logits.len()];
+        for (i, &t) in candidate.iter().enumerate() {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            total += log_prob_of(row, t);
+            let dl = &mut d_logits[i * vocab..(i + 1) * vocab];
+            dl.copy_from_slice(row);
+            softmax_in_place(dl);
+            for v in dl.iter_mut() {
+                *v = -*v;
+            }
+            dl[t as usize] += F::ONE;
+        }
+        let mut d_hidden = vec![F::ZERO; n * d];
+        crate::tensor::linear_backward_into(&mut d_hidden, &d_logits, n, self.head(), vocab);
+        if self.cfg.scale_decoder_outputs {
+            let s = self.output_scale();
+            for v in &mut d_hidden {
+                *v *= s;
+            }
+        }
+        let mut dx = vec![F::ZERO; n * d];
+        rms_norm_backward(&mut dx, &d_hidden, &dec.final_in, &dec.final_inv_rms, &self.decoder.final_norm);
+        let mut d_enc = vec![F::ZERO; m * d];
+        for l in (0..self.cfg.num_decoder_layers).rev() {
+            let (ck, cv) = &cross[l];
+            let c = Some((ck.as_slice(), cv.as_slice(), enc.out.as_slice(), m, d_enc.as_mut_slice()));
+            self.block_backward(StackKind::Decoder, l, &dec.blocks[l], &mut dx, n, c, visit);
+        }
+        let mut dx = vec![F::ZERO; m * d];
+        rms_norm_backward(&mut dx, &d_enc, &enc.final_in, &enc.final_inv_rms, &self.encoder.final_norm);
+        for l in (0..self.cfg.num_layers).rev() {
+            self.block_backward(StackKind::Encoder, l, &enc.blocks[l], &mut dx, m, None, visit);
+        }
+        total
+    }
+
+    /// `[decoder_start] + candidate[..len−1]`: teacher forcing shifts the target right.
+    fn decoder_input(&self, candidate: &[u32]) -> Vec<u32> {
+        std::iter::once(self.cfg.decoder_start_token_id)
+            .chain(candidate[..candidate.len().saturating_sub(1)].iter().copied())
+            .collect()
+    }
+
+    /// Log-probability of every candidate: the encoder runs once, the cross-attention keys and
+    /// values are computed once, and the candidates go through the decoder packed together.
+    pub fn score_candidates(&self, prompt: &[u32], candidates: &[Vec<u32>]) -> Vec<f64> {
+        // Rows per decoder pass: bounds the packed attention matrices and the logits buffer.
+        const MAX_ROWS: usize = 256;
+        let vocab = self.cfg.vocab_size;
+        let m = prompt.len();
+        let enc = self.encode(prompt);
+        let cross = self.cross_kv(&enc, m, &mut None);
+        let mut out = vec![0.0; candidates.len()];
+        let mut start = 0;
+        while start < candidates.len() {
+            let mut end = start;
+            let mut rows = Rows::default();
+            let mut tokens = Vec::new();
+            while end < candidates.len() && (end == start || rows.len() + candidates[end].len() <= MAX_ROWS) {
+                let dec_in = if candidates[end].is_empty() { Vec::new() } else { self.decoder_input(&candidates[end]) };
+                rows.seq.extend(std::iter::repeat(end as u32).take(dec_in.len()));
+                rows.pos.extend(0..dec_in.len());
+                tokens.extend(dec_in);
+                end += 1;
+            }
+            if !tokens.is_empty() {
+                let dec = self.run_decoder(&tokens, &rows, &cross, m, None, &mut None);
+                let logits = self.logits(&dec.out, tokens.len());
+                let mut r = 0;
+                for (c, slot) in candidates[start..end].iter().zip(&mut out[start..end]) {
+                    for &t in c {
+                        *slot += log_prob_of(&logits[r * vocab..(r + 1) * vocab], t);
+                        r += 1;
+                    }
+                }
+            }
+            start = end;
+        }
+        out
+    }
+
+    /// Greedy decoding with a self-attention cache; the cross-attention keys and values are
+    /// computed once. Stops after any token of `stop` (included in the output).
+    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
+        let vocab = self.cfg.vocab_size;
+        let m = prompt.len();
+        let enc = self.encode(prompt);
+        let cross = self.cross_kv(&enc, m, &mut None);
+        let mut cache = DecoderCache { layers: vec![(Vec::new(), Vec::new()); self.cfg.num_decoder_layers], len: 0 };
+        let mut out = Vec::new();
+        let mut next = self.cfg.decoder_start_token_id;
+        while out.len() < max_new {
+            let rows = Rows::single(cache.len, 1);
+            let dec = self.run_decoder(&[next], &rows, &cross, m, Some(&mut cache), &mut None);
+            let logits = self.logits(&dec.out, 1);
+            next = argmax(&logits[..vocab]) as u32;
+            out.push(next);
+            if stop.contains(&next) {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The same model with weights converted to another float type (f64 for gradient checks).
+    pub fn cast<G: Float>(&self) -> T5Model<G> {
+        let c = |v: &Vec<F>| v.iter().map(|x| G::from_f64(x.to_f64())).collect::<Vec<G>>();
+        let cl = |l: &Linear<F>| Linear {
+            weight: c(&l.weight),
+            bias: l.bias.as_ref().map(c),
+            out_dim: l.out_dim,
+            in_dim: l.in_dim,
+        };
+        let ca = |a: &Attention<F>| Attention { q: cl(&a.q), k: cl(&a.k), v: cl(&a.v), o: cl(&a.o) };
+        let cs = |s: &Stack<F>| Stack {
+            blocks: s
+                .blocks
+                .iter()
+                .map(|b| Block {
+                    self_norm: c(&b.self_norm),
+                    self_attn: ca(&b.self_attn),
+                    cross_norm: b.cross_norm.as_ref().map(c),
+                    cross_attn: b.cross_attn.as_ref().map(ca),
+                    ffn_norm: c(&b.ffn_norm),
+                    ffn: FeedForward { wi_0: cl(&b.ffn.wi_0), wi_1: b.ffn.wi_1.as_ref().map(cl), wo: cl(&b.ffn.wo) },
+                })
+                .collect(),
+            final_norm: c(&s.final_norm),
+            relative_bias: c(&s.relative_bias),
+        };
+        T5Model::new(
+            self.cfg.clone(),
+            c(&self.shared),
+            cs(&self.encoder),
+            cs(&self.decoder),
+            self.lm_head.as_ref().map(c),
+        )
+    }
+}
+
+impl T5Model<f32> {
+    /// Build from checkpoint tensors in the transformers naming. The embedding is `shared.weight`
+    /// (older exports may only have `encoder.embed_tokens.weight`); the LM head is
+    /// `lm_head.weight` when the checkpoint has its own, as transformers 5 does (it unties a head
+    /// that differs from the embedding even when the config says tied).
+    pub fn from_source(cfg: T5Config, src: &dyn NamedSource) -> Result<Self> {
+        let (d, inner, ff, vocab) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff, cfg.vocab_size);
+        let embed_name = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+            .into_iter()
+            .find(|n| src.contains(n))
+            .unwrap_or("shared.weight");
+        let shared = src.read_named(embed_name, &[vocab, d])?;
+        let lin = |name: String, out_dim: usize, in_dim: usize| -> Result<Linear<f32>> {
+            Ok(Linear { weight: src.read_named(&name, &[out_dim, in_dim])?, bias: None, out_dim, in_dim })
+        };
+        let attn = |prefix: String| -> Result<Attention<f32>> {
+            Ok(Attention {
+                q: lin(format!("{prefix}.q.weight"), inner, d)?,
+                k: lin(format!("{prefix}.k.weight"), inner, d)?,
+                v: lin(format!("{prefix}.v.weight"), inner, d)?,
+                o: lin(format!("{prefix}.o.weight"), d, inner)?,
+            })
+        };
+        let stack = |kind: StackKind| -> Result<Stack<f32>> {
+            let s = kind.name();
+            let mut blocks = Vec::with_capacity(cfg.layers(kind));
+            for l in 0..cfg.layers(kind) {
+                let (cross_norm, cross_attn) = if kind == StackKind::Decoder {
+                    (
+                        Some(src.read_named(&format!("{s}.block.{l}.layer.1.layer_norm.weight"), &[d])?),
+                        Some(attn(format!("{s}.block.{l}.layer.1.EncDecAttention"))?),
+                    )
+                } else {
+                    (None, None)
+                };
+                let fp = format!("{s}.block.{l}.layer.{}", kind.ffn_sublayer());
+                let ffn = if cfg.gated {
+                    FeedForward {
+                        wi_0: lin(format!("{fp}.DenseReluDense.wi_0.weight"), ff, d)?,
+                        wi_1: Some(lin(format!("{fp}.DenseReluDense.wi_1.weight"), ff, d)?),
+                        wo: lin(format!("{fp}.DenseReluDense.wo.weight"), d, ff)?,
+                    }
+                } else {
+                    FeedForward {
+                        wi_0: lin(format!("{fp}.DenseReluDense.wi.weight"), ff, d)?,
+                        wi_1: None,
+                        wo: lin(format!("{fp}.DenseReluDense.wo.weight"), d, ff)?,
+                    }
+                };
+                blocks.push(Block {
+                    self_norm: src.read_named(&format!("{s}.block.{l}.layer.0.layer_norm.weight"), &[d])?,
+                    self_attn: attn(format!("{s}.block.{l}.layer.0.SelfAttention"))?,
+                    cross_norm,
+                    cross_attn,
+                    ffn_norm: src.read_named(&format!("{fp}.layer_norm.weight"), &[d])?,
+                    ffn,
+                });
+            }
+            Ok(Stack {
+                blocks,
+                final_norm: src.read_named(&format!("{s}.final_layer_norm.weight"), &[d])?,
+                relative_bias: src.read_named(
+                    &format!("{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                    &[cfg.relative_attention_num_buckets, cfg.num_heads],
+                )?,
+            })
+        };
+        let encoder = stack(StackKind::Encoder)?;
+        let decoder = stack(StackKind::Decoder)?;
+        let lm_head = if src.contains("lm_head.weight") || !cfg.tie_word_embeddings {
+            let head = src.read_named("lm_head.weight", &[vocab, d])?;
+            // A stored copy of a tied embedding is the embedding: keep one.
+            (head != shared).then_some(head)
+        } else {
+            None
+        };
+        Ok(T5Model::new(cfg, shared, encoder, decoder, lm_head))
+    }
+}
+
+impl<F> T5Model<F> {
+    /// Number of weights (the embedding counted once; the LM head when it is separate).
+    pub fn parameter_count(&self) -> usize {
+        let lin = |l: &Linear<F>| l.weight.len();
+        let attn = |a: &Attention<F>| lin(&a.q) + lin(&a.k) + lin(&a.v) + lin(&a.o);
+        let stack = |s: &Stack<F>| {
+            s.final_norm.len()
+                + s.relative_bias.len()
+                + s.blocks
+                    .iter()
+                    .map(|b| {
+                        b.self_norm.len()
+                            + attn(&b.self_attn)
+                            + b.cross_norm.as_ref().map_or(0, Vec::len)
+                            + b.cross_attn.as_ref().map_or(0, attn)
+                            + b.ffn_norm.len()
+                            + lin(&b.ffn.wi_0)
+                            + b.ffn.wi_1.as_ref().map_or(0, lin)
+                            + lin(&b.ffn.wo)
+                    })
+                    .sum::<usize>()
+        };
+        self.shared.len() + stack(&self.encoder) + stack(&self.decoder) + self.lm_head.as_ref().map_or(0, Vec::len)
+    }
+}
+
+impl<F: Float> LanguageModel<F> for T5Model<F> {
+    fn sites(&self) -> &[SiteInfo] {
+        &self.sites
+    }
+
+    fn score(&self, prompt: &[u32], candidates: &[Vec<u32>]) -> Vec<f64> {
+        self.score_candidates(prompt, candidates)
+    }
+
+    fn logprob_with_grads(
+        &self,
+        prompt: &[u32],
+        candidate: &[u32],
+        hook: Option<ForwardHook<'_, F>>,
+        visit: GradVisitor<'_, F>,
+    ) -> f64 {
+        self.logprob_and_grads(prompt, candidate, hook, visit)
+    }
+
+    fn generate(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
+        self.generate_greedy(prompt, max_new, stop)
+    }
+
+    fn prune_target(&mut self, site: usize) -> &mut Linear<F> {
+        let key = self.site_keys[site];
+        let stack = match key.stack {
+            StackKind::Encoder => &mut self.encoder,
+            StackKind::Decoder => &mut self.decoder,
+        };
+        let b = &mut stack.blocks[key.layer];
+        match key.proj {
+            T5Proj::Q => &mut b.self_attn.q,
+            T5Proj::K => &mut b.self_attn.k,
+            T5Proj::V => &mut b.self_attn.v,
+            T5Proj::O => &mut b.self_attn.o,
+            T5Proj::CrossQ | T5Proj::CrossK | T5Proj::CrossV | T5Proj::CrossO => {
+                let ca = b.cross_attn.as_mut().expect("decoder block has cross-attention");
+                match key.proj {
+                    T5Proj::CrossQ => &mut ca.q,
+                    T5Proj::CrossK => &mut ca.k,
+                    T5Proj::CrossV => &mut ca.v,
+                    _ => &mut ca.o,
+                }
+            }
+            T5Proj::Wi0 | T5Proj::Wi => &mut b.ffn.wi_0,
+            // A zero row of wi_1 (gated) or wi (plain) makes the activation unit exactly 0.
+            T5Proj::Wi1 | T5Proj::Act => match b.ffn.wi_1.as_mut() {
+                Some(w1) => w1,
+                None => &mut b.ffn.wi_0,
+            },
+            T5Proj::Wo => &mut b.ffn.wo,
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn family(&self) -> Family {
+        Family::EncoderDecoder
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let cfg = &self.cfg;
+        json!({
+            "family": "encoder-decoder",
+            "architecture": "t5",
+            "variant": if cfg.gated { "t5 v1.1 (gated FFN)" } else { "t5 v1.0" },
+            "parameters": self.parameter_count(),
+            "layers": cfg.num_layers,
+            "decoder_layers": cfg.num_decoder_layers,
+            "d_model": cfg.d_model,
+            "d_ff": cfg.d_ff,
+            "d_kv": cfg.d_kv,
+            "attention_heads": cfg.num_heads,
+            "vocab_size": cfg.vocab_size,
+            "feed_forward_proj": cfg.feed_forward_proj,
+            "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+            "relative_attention_max_distance": cfg.relative_attention_max_distance,
+            "tied_embeddings": self.lm_head.is_none(),
+            "scale_decoder_outputs": cfg.scale_decoder_outputs,
+            "decoder_start_token_id": cfg.decoder_start_token_id,
+        })
+    }
+}
+
+/// Deterministic pseudo-random T5 checkpoints, reproduced bit for bit by
+/// `scripts/make_t5_fixtures.py` (numpy): parity fixtures for real model shapes without committing
+/// gigabytes of weights, and models for benchmarks.
+///
+/// Element `i` of the tensor named `name` is `f32(center + half·(2u − 1))` (arithmetic in f64),
+/// where `u` is the `(i+1)`-th `next_f64` of [`crate::rng::SplitMix64`] seeded with
+/// `fnv1a64(name) ^ seed`. SplitMix64's `k`-th output depends only on `seed + k·γ`, so any element
+/// can be computed directly (numpy vectorises it; here it runs in parallel).
+pub mod synthetic {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+
+    use rayon::prelude::*;
+
+    use super::*;
+
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    /// 64-bit FNV-1a.
+    pub fn fnv1a64(bytes: &[u8]) -> u64 {
+        let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3);
+        }
+        h
+    }
+
+    #[inline]
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// `(center, half_width)` of the uniform law of a tensor: transformers' initialisation std for
+    /// the projections (uniform with the same std), norm weights in [0.9, 1.1], embedding std 1,
+    /// relative-position bias std 0.5, an untied LM head with std 2/√d (peaked enough that greedy
+    /// decoding has clear winners).
+    pub fn init_rule(cfg: &T5Config, name: &str) -> (f64, f64) {
+        let sqrt3 = 3f64.sqrt();
+        let d = cfg.d_model as f64;
+        if name.ends_with("layer_norm.weight") {
+            return (1.0, 0.1);
+        }
+        if name == "shared.weight" {
+            return (0.0, sqrt3);
+        }
+        if name == "lm_head.weight" {
+            return (0.0, sqrt3 * (2.0 / d.sqrt()));
+        }
+        if name.ends_with("relative_attention_bias.weight") {
+            return (0.0, sqrt3 * 0.5);
+        }
+        let module = name.rsplit('.').nth(1).unwrap_or("");
+        let fan = match module {
+            "q" => cfg.d_model * cfg.d_kv,
+            "o" => cfg.num_heads * cfg.d_kv,
+            "wo" => cfg.d_ff,
+            _ => cfg.d_model,
+        };
+        (0.0, sqrt3 * (1.0 / (fan as f64).sqrt()))
+    }
+
+    /// The values of one tensor.
+    pub fn values(name: &str, len: usize, center: f64, half: f64, seed: u64) -> Vec<f32> {
+        let s0 = fnv1a64(name.as_bytes()) ^ seed;
+        (0..len as u64)
+            .into_par_iter()
+            .map(|i| {
+                let z = mix(s0.wrapping_add((i + 1).wrapping_mul(GAMMA)));
+                let u = (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+                (center + half * (2.0 * u - 1.0)) as f32
+            })
+            .collect()
+    }
+
+    /// A [`NamedSource`] that generates every tensor of `cfg`'s checkpoint on demand.
+    pub struct DeterministicSource {
+        cfg: T5Config,
+        seed: u64,
+        shapes: BTreeMap<String, Vec<usize>>,
+        origin: PathBuf,
+    }
+
+    impl DeterministicSource {
+        pub fn new(cfg: &T5Config, seed: u64) -> Self {
+            DeterministicSource {
+                cfg: cfg.clone(),
+                seed,
+                shapes: cfg.checkpoint_tensors().into_iter().collect(),
+                origin: PathBuf::from(format!("<deterministic T5 weights, seed {seed}>")),
+            }
+        }
+    }
+
+    impl NamedSource for DeterministicSource {
+        fn origin(&self) -> &Path {
+            &self.origin
+        }
+
+        fn contains(&self, name: &str) -> bool {
+            self.shapes.contains_key(name)
+        }
+
+        fn read_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+            let found = self
+                .shapes
+                .get(name)
+                .ok_or_else(|| Error::format(&self.origin, format!("tensor {name} is missing")))?;
+            if found != shape {
+                return Err(Error::format(
+                    &self.origin,
+                    format!("tensor {name} has shape {found:?}, expected {shape:?}"),
+                ));
+            }
+            let (center, half) = init_rule(&self.cfg, name);
+            Ok(values(name, shape.iter().product(), center, half, self.seed))
+        }
+    }
+
+    /// The model itself, built in memory.
+    pub fn model(cfg: &T5Config, seed: u64) -> Result<T5Model<f32>> {
+        T5Model::from_source(cfg.clone(), &DeterministicSource::new(cfg, seed))
+    }
+
+    /// Write a transformers checkpoint directory: `config` verbatim as `config.json`, the
+    /// deterministic weights as `model.safetensors` (f32, streamed tensor by tensor), the given
+    /// `tokenizer.json`, and a Flan-T5 `tokenizer_config.json`.
+    pub fn write_checkpoint(dir: &Path, config: &Json, seed: u64, tokenizer_json: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let cfg_path = dir.join("config.json");
+        let cfg = T5Config::from_json(&cfg_path, config)?;
+        let text = serde_json::to_string_pretty(config).map_err(|e| Error::msg(e.to_string()))?;
+        std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
+        let tok = dir.join("tokenizer.json");
+        std::fs::copy(tokenizer_json, &tok).map_err(|e| Error::io(tokenizer_json, e))?;
+        let tok_cfg = dir.join("tokenizer_config.json");
+        let tc = json!({"tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "pad_token": "<pad>",
+                        "unk_token": "<unk>", "extra_ids": 100, "model_max_length": 512});
+        std::fs::write(&tok_cfg, tc.to_string()).map_err(|e| Error::io(&tok_cfg, e))?;
+
+        let tensors = cfg.checkpoint_tensors();
+        let path = dir.join("model.safetensors");
+        let mut header = serde_json::Map::new();
+        let mut offset = 0usize;
+        for (name, shape) in &tensors {
+            let bytes = shape.iter().product::<usize>() * 4;
+            header.insert(
+                name.clone(),
+                json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            offset += bytes;
+        }
+        header.insert("__metadata__".into(), json!({"format": "pt"}));
+        let mut head = Json::Object(header).to_string().into_bytes();
+        // The data section starts 8-byte aligned.
+        while head.len() % 8 != 0 {
+            head.push(b' ');
+        }
+        let io = |e| Error::io(&path, e);
+        let file = std::fs::File::create(&path).map_err(io)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 22, file);
+        w.write_all(&(head.len() as u64).to_le_bytes()).map_err(io)?;
+        w.write_all(&head).map_err(io)?;
+        for (name, shape) in &tensors {
+            let (center, half) = init_rule(&cfg, name);
+            let v = values(name, shape.iter().product(), center, half, seed);
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            w.write_all(&bytes).map_err(io)?;
+        }
+        w.flush().map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    #[test]
+    fn direct_generator_equals_splitmix64_stream() {
+        let name = "encoder.block.0.layer.0.SelfAttention.q.weight";
+        let seed = 2024;
+        let got = synthetic::values(name, 5, 0.0, 1.0, seed);
+        let mut r = SplitMix64::new(synthetic::fnv1a64(name.as_bytes()) ^ seed);
+        for g in got {
+            assert_eq!(g, (2.0 * r.next_f64() - 1.0) as f32);
+        }
+        // FNV-1a reference value ("a" → af63dc4c8601ec8c).
+        assert_eq!(synthetic::fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn bucket_matches_known_values() {
+        // Exact small distances, sign split in the encoder, clamping at the far end.
+        assert_eq!(relative_position_bucket(0, true, 32, 128), 0);
+        assert_eq!(relative_position_bucket(3, true, 32, 128), 19);
+        assert_eq!(relative_position_bucket(-3, true, 32, 128), 3);
+        assert_eq!(relative_position_bucket(-1000, true, 32, 128), 15);
+        assert_eq!(relative_position_bucket(1000, true, 32, 128), 31);
+        assert_eq!(relative_position_bucket(5, false, 32, 128), 0);
+        assert_eq!(relative_position_bucket(-5, false, 32, 128), 5);
+        assert_eq!(relative_position_bucket(-1000, false, 32, 128), 31);
+    }
+
+    #[test]
+    fn site_names_follow_transformers() {
+        let cfg = T5Config::from_json(
+            Path::new("config.json"),
+            &json!({"model_type": "t5", "vocab_size": 100, "d_model": 8, "d_kv": 2, "d_ff": 16, "num_layers": 2,
+                    "num_decoder_layers": 3, "num_heads": 2, "feed_forward_proj": "gated-gelu",
+                    "tie_word_embeddings": false}),
+        )
+        .unwrap();
+        let model = synthetic::model(&cfg, 1).unwrap();
+        let names: Vec<&str> = model.sites().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(model.sites().len(), 2 * 8 + 3 * 12);
+        assert_eq!(names[0], "encoder.block.0.layer.0.SelfAttention.q");
+        assert_eq!(names[6], "encoder.block.0.layer.1.DenseReluDense.act");
+        assert!(names.contains(&"decoder.block.2.layer.1.EncDecAttention.k"));
+        assert!(names.contains(&"decoder.block.2.layer.2.DenseReluDense.wo"));
+        for (i, k) in model.site_keys().iter().enumerate() {
+            assert_eq!(model.site_index(k.stack, k.layer, k.proj), i);
+        }
+        let universe = crate::model::universe_sizes(model.sites());
+        // Encoder block: q, k, v (4 each), o (8), wi_0, wi_1 (16 each), wo (8); decoder adds cross q, k, v, o.
+        assert_eq!(universe, (2 * (3 * 4 + 8 + 2 * 16 + 8) + 3 * (6 * 4 + 2 * 8 + 2 * 16 + 8), 5 * 16));
+    }
+}
