@@ -95,13 +95,30 @@ pub fn evaluate(
             Ok(v)
         };
         let mut outcomes = Vec::with_capacity(indices.len());
-        for &i in indices {
-            let ex = &task.examples[i];
-            let prompt = instruction.render(ex)?;
-            let choice = match opts.mode {
-                Mode::Scoring => {
-                    let enc = encode(&loaded.text, style, &prompt.text, &prompt.candidates)?;
-                    let mut lps = model.score(&enc.prompt, &enc.candidates);
+        match opts.mode {
+            Mode::Scoring => {
+                let prompts = indices
+                    .iter()
+                    .map(|&i| {
+                        let p = instruction.render(&task.examples[i])?;
+                        encode(&loaded.text, style, &p.text, &p.candidates)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                // Sorted by tokens so that prompts sharing a prefix are neighbours (see
+                // `score_many`); scored in chunks so that progress moves.
+                let mut order: Vec<usize> = (0..prompts.len()).collect();
+                order.sort_by(|&a, &b| prompts[a].prompt.cmp(&prompts[b].prompt));
+                let mut all = vec![Vec::new(); prompts.len()];
+                for chunk in order.chunks(16) {
+                    let items: Vec<(&[u32], &[Vec<u32>])> =
+                        chunk.iter().map(|&k| (prompts[k].prompt.as_slice(), prompts[k].candidates.as_slice())).collect();
+                    for (&k, lps) in chunk.iter().zip(model.score_many(&items)) {
+                        all[k] = lps;
+                        progress();
+                    }
+                }
+                for (&i, mut lps) in indices.iter().zip(all) {
+                    let ex = &task.examples[i];
                     match opts.calibration {
                         None => {}
                         Some(Calibration::Cc) => {
@@ -119,17 +136,19 @@ pub fn evaluate(
                             lps = calibrate(&lps, &mean_content_free(&samples));
                         }
                     }
-                    argmax(&lps)
+                    outcomes.push(Outcome { example: i, choice: argmax(&lps) });
                 }
-                Mode::Generation => {
+            }
+            Mode::Generation => {
+                for &i in indices {
+                    let prompt = instruction.render(&task.examples[i])?;
                     let enc = encode(&loaded.text, style, &prompt.text, &[])?;
                     let ids = model.generate(&enc.prompt, opts.max_new_tokens, &stop);
                     let text = loaded.text.decode(&ids, true)?;
-                    match_generation(&text, &prompt.candidates)
+                    outcomes.push(Outcome { example: i, choice: match_generation(&text, &prompt.candidates) });
+                    progress();
                 }
-            };
-            outcomes.push(Outcome { example: i, choice });
-            progress();
+            }
         }
         out.push((instruction_metrics(task, &instruction.id, &outcomes), outcomes));
     }

@@ -61,23 +61,33 @@ pub fn log_prob_of<F: Float>(logits: &[F], target: u32) -> f64 {
 /// Log-probability of every candidate continuation of `prompt`. The prompt is run once; each
 /// candidate continues from its cached keys and values.
 pub fn score<F: Float>(model: &LlamaModel<F>, prompt: &[u32], candidates: &[Vec<u32>]) -> Vec<f64> {
-    let vocab = model.cfg.vocab_size;
     let mut cache = model.new_cache();
     let hidden = model.forward(prompt, &mut cache, None);
     let last = model.logits(&hidden, &[prompt.len() - 1]);
+    score_candidates_after(model, &last, &mut cache, candidates)
+}
+
+/// Candidate log-probabilities given the prompt's last logits and its cache (left as it was).
+pub fn score_candidates_after<F: Float>(
+    model: &LlamaModel<F>,
+    last: &[F],
+    cache: &mut crate::model::llama::KvCache<F>,
+    candidates: &[Vec<u32>],
+) -> Vec<f64> {
+    let vocab = model.cfg.vocab_size;
     let base = cache.len();
     candidates
         .iter()
         .map(|cand| {
-            let mut total = log_prob_of(&last, cand[0]);
+            let mut total = log_prob_of(last, cand[0]);
             if cand.len() > 1 {
-                let h = model.forward(&cand[..cand.len() - 1], &mut cache, None);
+                let h = model.forward(&cand[..cand.len() - 1], cache, None);
                 let rows: Vec<usize> = (0..cand.len() - 1).collect();
                 let logits = model.logits(&h, &rows);
                 for (i, &t) in cand[1..].iter().enumerate() {
                     total += log_prob_of(&logits[i * vocab..(i + 1) * vocab], t);
                 }
-                model.truncate_cache(&mut cache, base);
+                model.truncate_cache(cache, base);
             }
             total
         })

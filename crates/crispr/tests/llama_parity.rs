@@ -71,3 +71,26 @@ fn qwen2_with_qkv_bias_matches_transformers() {
 fn mistral_with_sliding_window_matches_transformers() {
     check_family("mistral");
 }
+
+#[test]
+fn prefix_reusing_batch_scoring_equals_independent_scoring() {
+    let dir = fixtures().join("tiny").join("mistral");
+    let (model, text) = crispr::loader::load_llama(&dir).unwrap();
+    let cands: Vec<String> = vec!["The grandson".into(), "Unknown".into()];
+    let users = [
+        "Context: A grandson and a grandfather.\nQuestion: Who forgot?",
+        "Context: A grandson and a grandfather. The grandson lost his phone.\nQuestion: Who forgot?",
+        "Context: A grandson and a grandfather.\nQuestion: Who remembered?",
+        "Something else entirely",
+        "Context: A grandson and a grandfather.\nQuestion: Who forgot?",
+    ];
+    let encs: Vec<_> = users.iter().map(|u| encode(&text, PromptStyle::Chat, u, &cands).unwrap()).collect();
+    let items: Vec<(&[u32], &[Vec<u32>])> = encs.iter().map(|e| (e.prompt.as_slice(), e.candidates.as_slice())).collect();
+    let batched = model.score_many(&items);
+    for (e, b) in encs.iter().zip(&batched) {
+        let single = model.score(&e.prompt, &e.candidates);
+        for (x, y) in single.iter().zip(b) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+}

@@ -5,6 +5,7 @@ mod common;
 mod eval;
 mod info;
 mod prune;
+mod run;
 mod score;
 
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Greedy generation for one prompt.
     Generate(score::GenerateArgs),
+    /// The whole job: attribute, choose n on dev, evaluate original / CRISPR / random on test, export, report.
+    Run(run::RunArgs),
     /// Attribute bias to neurons on a task (writes scores.safetensors and neurons.json).
     Attribute(attribute::AttributeArgs),
     /// Evaluate on a task under many instructions (writes metrics.json).
@@ -63,6 +66,7 @@ pub fn run() -> Result<()> {
         Command::Generate(a) => score::run_generate(a),
         Command::Prune(a) => prune::run(a),
         Command::Attribute(a) => attribute::run(a),
+        Command::Run(a) => run::run(a),
         Command::Eval(a) => eval::run(a),
     }
 }

@@ -715,6 +715,28 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
         crate::score::generate(self, prompt, max_new, stop)
     }
 
+    /// Prompts are visited in lexicographic token order, so each one reuses the cached keys and
+    /// values of its longest common prefix with the previous one.
+    fn score_many(&self, items: &[(&[u32], &[Vec<u32>])]) -> Vec<Vec<f64>> {
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| items[a].0.cmp(items[b].0));
+        let mut out = vec![Vec::new(); items.len()];
+        let mut cache = self.new_cache();
+        let mut cached: &[u32] = &[];
+        for i in order {
+            let (prompt, candidates) = items[i];
+            let common = cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+            // At least the last prompt token is recomputed: its output predicts the answer.
+            let keep = common.min(prompt.len() - 1);
+            self.truncate_cache(&mut cache, keep);
+            let hidden = self.forward(&prompt[keep..], &mut cache, None);
+            let last = self.logits(&hidden, &[prompt.len() - keep - 1]);
+            out[i] = crate::score::score_candidates_after(self, &last, &mut cache, candidates);
+            cached = prompt;
+        }
+        out
+    }
+
     /// The prompt is run (traced) once; every candidate is scored from its cache, and each chosen
     /// one is traced after it and differentiated over the joined sequence.
     fn score_and_differentiate(

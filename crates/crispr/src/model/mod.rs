@@ -260,6 +260,11 @@ pub trait LanguageModel<F: Float>: Send + Sync {
         hook: Option<ForwardHook<'_, F>>,
         visit: GradVisitor<'_, F>,
     ) -> f64;
+    /// [`Self::score`] for many prompts. Families override this to reuse the work shared by
+    /// prompts with a common prefix (the instruction, a shared context).
+    fn score_many(&self, items: &[(&[u32], &[Vec<u32>])]) -> Vec<Vec<f64>> {
+        items.iter().map(|(p, c)| self.score(p, c)).collect()
+    }
     /// Greedy decoding, stopping after any token in `stop`.
     fn generate(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32>;
     /// The linear layer whose `row` must be zeroed to silence unit `row` of `site` (the layer

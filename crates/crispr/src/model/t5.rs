@@ -24,7 +24,7 @@ use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
 use crate::model::llama::{rms_norm, rms_norm_backward, softmax_in_place};
-use crate::model::{Family, LanguageModel, Linear, SiteInfo, Universe};
+use crate::model::{CandidateGradVisitor, Family, LanguageModel, Linear, SiteInfo, Universe};
 pub use crate::model::{ForwardHook, GradVisitor};
 use crate::score::{argmax, log_prob_of};
 use crate::tensor::{matmul_serial, Float, Mat, MatMut};
@@ -1103,33 +1103,34 @@ impl<F: Float> T5Model<F> {
         mut hook: Option<ForwardHook<'_, F>>,
         visit: GradVisitor<'_, F>,
     ) -> f64 {
-        let (d, vocab) = (self.cfg.d_model, self.cfg.vocab_size);
-        let m = prompt.len();
-        let n = candidate.len();
-        if n == 0 {
+        if candidate.is_empty() {
             return 0.0;
         }
         let enc = self.run_encoder(prompt, &mut hook);
-        let cross = self.cross_kv(&enc.out, m, &mut hook);
-        let dec_in = self.decoder_input(candidate);
-        let rows = Rows::single(0, n);
-        let dec = self.run_decoder(&dec_in, &rows, &cross, m, None, &mut hook);
-        let logits = self.logits(&dec.out, n);
+        let cross = self.cross_kv(&enc.out, prompt.len(), &mut hook);
+        self.candidate_backward(&enc, &cross, candidate, &mut hook, visit)
+    }
 
-        // d log softmax(z)[t] / dz = onehot(t) − softmax(z)
-        let mut total = 0.0;
-        let mut d_logits = vec![F::ZERO; logits.len()];
-        for (i, &t) in candidate.iter().enumerate() {
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            total += log_prob_of(row, t);
-            let dl = &mut d_logits[i * vocab..(i + 1) * vocab];
-            dl.copy_from_slice(row);
-            softmax_in_place(dl);
-            for v in dl.iter_mut() {
-                *v = -*v;
-            }
-            dl[t as usize] += F::ONE;
-        }
+    /// Decoder forward for one candidate over a traced encoder pass, then the backward pass
+    /// through the decoder and the encoder. The encoder trace is only read, so several
+    /// candidates of one prompt share it.
+    fn candidate_backward(
+        &self,
+        enc: &StackTrace<F>,
+        cross: &[(Vec<F>, Vec<F>)],
+        candidate: &[u32],
+        hook: &mut Option<ForwardHook<'_, F>>,
+        visit: GradVisitor<'_, F>,
+    ) -> f64 {
+        let (d, vocab) = (self.cfg.d_model, self.cfg.vocab_size);
+        let m = enc.out.len() / d;
+        let n = candidate.len();
+        let dec_in = self.decoder_input(candidate);
+        let dec = self.run_decoder(&dec_in, &Rows::single(0, n), cross, m, None, hook);
+        let logits = self.logits(&dec.out, n);
+        let total =
+            candidate.iter().enumerate().map(|(i, &t)| log_prob_of(&logits[i * vocab..(i + 1) * vocab], t)).sum();
+        let d_logits = crate::score::d_logprob_d_logits(&logits, candidate, vocab);
         let mut d_hidden = vec![F::ZERO; n * d];
         crate::tensor::linear_backward_into(&mut d_hidden, &d_logits, n, self.head(), vocab);
         if self.cfg.scale_decoder_outputs {
@@ -1140,6 +1141,7 @@ impl<F: Float> T5Model<F> {
         }
         let mut dx = vec![F::ZERO; n * d];
         rms_norm_backward(&mut dx, &d_hidden, &dec.final_in, &dec.final_inv_rms, &self.decoder.final_norm);
+        // The encoder output feeds every decoder block through its cross-attention keys and values.
         let mut d_enc = vec![F::ZERO; m * d];
         for l in (0..self.cfg.num_decoder_layers).rev() {
             let (ck, cv) = &cross[l];
@@ -1164,12 +1166,17 @@ impl<F: Float> T5Model<F> {
     /// Log-probability of every candidate: the encoder runs once, the cross-attention keys and
     /// values are computed once, and the candidates go through the decoder packed together.
     pub fn score_candidates(&self, prompt: &[u32], candidates: &[Vec<u32>]) -> Vec<f64> {
+        let enc = self.encode(prompt);
+        let cross = self.cross_kv(&enc, prompt.len(), &mut None);
+        self.score_packed(&cross, prompt.len(), candidates)
+    }
+
+    /// Candidate log-probabilities over precomputed cross-attention keys and values of `m` encoder
+    /// rows, the candidates packed into as few decoder passes as possible.
+    fn score_packed(&self, cross: &[(Vec<F>, Vec<F>)], m: usize, candidates: &[Vec<u32>]) -> Vec<f64> {
         // Rows per decoder pass: bounds the packed attention matrices and the logits buffer.
         const MAX_ROWS: usize = 256;
         let vocab = self.cfg.vocab_size;
-        let m = prompt.len();
-        let enc = self.encode(prompt);
-        let cross = self.cross_kv(&enc, m, &mut None);
         let mut out = vec![0.0; candidates.len()];
         let mut start = 0;
         while start < candidates.len() {
@@ -1184,7 +1191,7 @@ impl<F: Float> T5Model<F> {
                 end += 1;
             }
             if !tokens.is_empty() {
-                let dec = self.run_decoder(&tokens, &rows, &cross, m, None, &mut None);
+                let dec = self.run_decoder(&tokens, &rows, cross, m, None, &mut None);
                 let logits = self.logits(&dec.out, tokens.len());
                 let mut r = 0;
                 for (c, slot) in candidates[start..end].iter().zip(&mut out[start..end]) {
@@ -1387,6 +1394,29 @@ impl<F: Float> LanguageModel<F> for T5Model<F> {
         self.generate_greedy(prompt, max_new, stop)
     }
 
+    /// The encoder runs (traced) once per prompt and its cross-attention keys and values are
+    /// computed once: the candidates are scored from them, and every chosen candidate's backward
+    /// pass reuses the encoder trace.
+    fn score_and_differentiate(
+        &self,
+        prompt: &[u32],
+        candidates: &[Vec<u32>],
+        pick: &mut dyn FnMut(&[f64]) -> Vec<usize>,
+        visit: CandidateGradVisitor<'_, F>,
+    ) -> Vec<f64> {
+        let enc = self.run_encoder(prompt, &mut None);
+        let cross = self.cross_kv(&enc.out, prompt.len(), &mut None);
+        let logprobs = self.score_packed(&cross, prompt.len(), candidates);
+        for (k, c) in pick(&logprobs).into_iter().enumerate() {
+            if !candidates[c].is_empty() {
+                self.candidate_backward(&enc, &cross, &candidates[c], &mut None, &mut |site, a, g| {
+                    visit(k, site, a, g)
+                });
+            }
+        }
+        logprobs
+    }
+
     fn prune_target(&mut self, site: usize) -> &mut Linear<F> {
         let key = self.site_keys[site];
         let stack = match key.stack {
@@ -1415,6 +1445,17 @@ impl<F: Float> LanguageModel<F> for T5Model<F> {
                 None => &mut b.ffn.wi_0,
             },
             T5Proj::Wo => &mut b.ffn.wo,
+        }
+    }
+
+    fn prune_target_name(&self, site: usize) -> String {
+        let key = self.site_keys[site];
+        match key.proj {
+            T5Proj::Act => {
+                let proj = if self.cfg.gated { T5Proj::Wi1 } else { T5Proj::Wi };
+                T5Site { proj, ..key }.module_name()
+            }
+            _ => key.module_name(),
         }
     }
 

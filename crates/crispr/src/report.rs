@@ -1,0 +1,455 @@
+//! `report.md` and a self-contained `report.html` (inline SVG, no external assets) from a run's
+//! results. Every number comes from [`RunResult`]; nothing is hard-coded.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use crate::pipeline::RunResult;
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_f64()
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("–".to_string(), |x| format!("{x:.1}"))
+}
+
+/// Mean over random seeds of a metric.
+fn random_mean(docs: &[Value], path: &[&str]) -> Option<f64> {
+    let xs: Vec<f64> = docs.iter().filter_map(|d| num(d, path)).collect();
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Rows of the main table: task, metric, original, CRISPR, random, Δ.
+fn summary_rows(r: &RunResult) -> Vec<[String; 6]> {
+    let mut rows = Vec::new();
+    for (task, t) in &r.tasks {
+        let mut metrics = vec![("acc", "accuracy")];
+        if t.original.get("mean").and_then(|m| m.get("acc_ambig")).is_some() {
+            metrics.extend([
+                ("acc_ambig", "acc. ambiguous"),
+                ("acc_disambig", "acc. disambiguated"),
+                ("bias_score_ambig", "bias score ambiguous"),
+                ("bias_score_disambig", "bias score disambiguated"),
+            ]);
+        }
+        for (key, label) in metrics {
+            let o = num(&t.original, &["mean", key]);
+            let c = num(&t.crispr, &["mean", key]);
+            let rnd = random_mean(&t.random, &["mean", key]);
+            let pm = |d: &Value, m: Option<f64>| match (m, num(d, &["std", key])) {
+                (Some(m), Some(s)) if key == "acc" => format!("{m:.1} ± {s:.1}"),
+                (m, _) => fmt_opt(m),
+            };
+            let delta = match (o, c) {
+                (Some(o), Some(c)) => format!("{:+.1}", c - o),
+                _ => "–".into(),
+            };
+            rows.push([task.clone(), label.to_string(), pm(&t.original, o), pm(&t.crispr, c), fmt_opt(rnd), delta]);
+        }
+    }
+    rows
+}
+
+/// Where the bias neurons sit: counts by (layer, kind) with the stack prefix for encoder–decoders.
+fn placement(r: &RunResult) -> BTreeMap<(String, usize), BTreeMap<String, usize>> {
+    let mut m: BTreeMap<(String, usize), BTreeMap<String, usize>> = BTreeMap::new();
+    for n in &r.bias_neurons {
+        let (stack, layer, kind) = parse_module(&n.module);
+        *m.entry((stack, layer)).or_default().entry(kind).or_default() += 1;
+    }
+    m
+}
+
+/// (stack, layer, short kind) from a module path in either family's naming.
+pub fn parse_module(module: &str) -> (String, usize, String) {
+    let parts: Vec<&str> = module.split('.').collect();
+    let stack = if module.starts_with("encoder.") { "encoder" } else { "decoder" }.to_string();
+    let layer = parts.iter().find_map(|p| p.parse::<usize>().ok()).unwrap_or(0);
+    let last = parts.last().copied().unwrap_or("");
+    let kind = match last {
+        "q_proj" => "q",
+        "k_proj" => "k",
+        "v_proj" => "v",
+        "o_proj" => "o",
+        "gate_proj" => "gate",
+        "up_proj" => "up",
+        "down_proj" => "down",
+        "act_fn" => "act",
+        other if module.contains("EncDecAttention") => match other {
+            "q" => "cross_q",
+            "k" => "cross_k",
+            "v" => "cross_v",
+            _ => "cross_o",
+        },
+        other => other,
+    };
+    (stack, layer, kind.to_string())
+}
+
+pub fn markdown(r: &RunResult) -> String {
+    let mut s = String::new();
+    let model_name = r.model.get("path").and_then(Value::as_str).unwrap_or("model");
+    let _ = writeln!(s, "# CRISPR run: {} on {}\n", r.config.task, model_name);
+    let _ = writeln!(
+        s,
+        "Preset `{}`. Pruned **{} neurons** (chosen on dev) of {} in the `{}` universe. Pruned model: `{}`.\n",
+        r.config.preset,
+        r.n_selected,
+        num(&r.model, &["universe", r.config.attribution.settings.universe.name()]).unwrap_or(0.0),
+        r.config.attribution.settings.universe.name(),
+        r.pruned_model
+    );
+    let _ = writeln!(
+        s,
+        "## Test results (mean ± std over instructions; random = mean over {} seeds)\n",
+        r.config.test.random_seeds.len()
+    );
+    let _ = writeln!(s, "| task | metric | original | CRISPR | random | Δ CRISPR |\n|---|---|---|---|---|---|");
+    for row in summary_rows(r) {
+        let _ = writeln!(s, "| {} |", row.join(" | "));
+    }
+    let _ = writeln!(s, "\n## Choosing n on dev\n\n| n | dev accuracy |\n|---|---|");
+    for (n, acc) in &r.search {
+        let mark = if *n == r.n_selected { " ← chosen" } else { "" };
+        let _ = writeln!(s, "| {n} | {acc:.2}{mark} |");
+    }
+    let _ = writeln!(s, "\n## Bias neurons\n\n| rank | neuron | score |\n|---|---|---|");
+    for (i, n) in r.bias_neurons.iter().enumerate().take(50) {
+        let _ = writeln!(s, "| {} | `{}` | {:.3e} |", i + 1, n.id, n.score);
+    }
+    if r.bias_neurons.len() > 50 {
+        let _ = writeln!(s, "\n({} more in metrics.json)", r.bias_neurons.len() - 50);
+    }
+    let _ = writeln!(s, "\n## Where they sit\n\n| stack | layer | kinds |\n|---|---|---|");
+    for ((stack, layer), kinds) in placement(r) {
+        let k: Vec<String> = kinds.iter().map(|(k, c)| format!("{k}×{c}")).collect();
+        let _ = writeln!(s, "| {stack} | {layer} | {} |", k.join(", "));
+    }
+    let _ = writeln!(s, "\n## Time\n");
+    for (stage, secs) in &r.seconds {
+        let _ = writeln!(s, "- {stage}: {secs:.0} s");
+    }
+    let _ = writeln!(s, "\nReplay with `crispr run --config config.toml --out <dir>`.");
+    s
+}
+
+const PALETTE: [&str; 3] = ["#6b7280", "#2563eb", "#d97706"];
+
+/// A line chart of dev accuracy against n.
+fn svg_search(r: &RunResult) -> String {
+    let (w, h, pad) = (560.0, 260.0, 44.0);
+    if r.search.is_empty() {
+        return String::new();
+    }
+    let max_n = r.search.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f64;
+    let (lo, hi) = r.search.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (lo, hi) = if hi - lo < 1.0 { (lo - 1.0, hi + 1.0) } else { (lo - 0.5, hi + 0.5) };
+    let x = |n: f64| pad + n / max_n * (w - 2.0 * pad);
+    let y = |v: f64| h - pad - (v - lo) / (hi - lo) * (h - 2.0 * pad);
+    let mut s = format!(
+        r#"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="dev accuracy against pruned neurons">"#
+    );
+    let _ = write!(
+        s,
+        r##"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="#999"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{0}" stroke="#999"/>"##,
+        h - pad,
+        w - pad
+    );
+    for i in 0..=4 {
+        let v = lo + (hi - lo) * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{v:.1}</text><line x1="{pad}" x2="{}" y1="{2}" y2="{2}" stroke="#eee"/>"##,
+            pad - 4.0,
+            y(v) + 4.0,
+            w - pad
+        );
+    }
+    for i in 0..=4 {
+        let n = max_n * i as f64 / 4.0;
+        let _ =
+            write!(s, r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{n:.0}</text>"#, x(n), h - pad + 16.0);
+    }
+    let pts: Vec<String> = r.search.iter().map(|(n, v)| format!("{:.1},{:.1}", x(*n as f64), y(*v))).collect();
+    let _ = write!(s, r##"<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{}"/>"##, pts.join(" "));
+    for (n, v) in &r.search {
+        let chosen = *n == r.n_selected;
+        let _ = write!(
+            s,
+            r##"<circle cx="{:.1}" cy="{:.1}" r="{}" fill="{}"><title>n = {n}: {v:.2}</title></circle>"##,
+            x(*n as f64),
+            y(*v),
+            if chosen { 6 } else { 3 },
+            if chosen { "#dc2626" } else { "#2563eb" }
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">pruned neurons n</text>"#,
+        w / 2.0,
+        h - 6.0
+    );
+    let _ = write!(
+        s,
+        r#"<text x="12" y="{}" font-size="12" transform="rotate(-90 12 {0})" text-anchor="middle">dev accuracy</text></svg>"#,
+        h / 2.0
+    );
+    s
+}
+
+/// Grouped bars: one group per label, one bar per series.
+fn svg_bars(groups: &[(String, Vec<Option<f64>>)], series: &[&str], y_label: &str) -> String {
+    let (h, pad) = (260.0, 44.0);
+    let gw = 22.0 * series.len() as f64 + 18.0;
+    let w = (pad * 2.0 + gw * groups.len() as f64).max(360.0);
+    let vals: Vec<f64> = groups.iter().flat_map(|g| g.1.iter().flatten().copied()).collect();
+    let lo = vals.iter().copied().fold(0f64, f64::min);
+    let hi = vals.iter().copied().fold(0f64, f64::max).max(lo + 1.0);
+    let y = |v: f64| h - pad - (v - lo) / (hi - lo) * (h - 2.0 * pad);
+    let mut s = format!(
+        r#"<svg viewBox="0 0 {w} {}" width="{w}" height="{}" role="img" aria-label="{}">"#,
+        h + 20.0,
+        h + 20.0,
+        esc(y_label)
+    );
+    let _ = write!(s, r##"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="#999"/>"##, y(0.0), w - pad);
+    for i in 0..=4 {
+        let v = lo + (hi - lo) * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{v:.0}</text><line x1="{pad}" x2="{}" y1="{2}" y2="{2}" stroke="#eee"/>"##,
+            pad - 4.0,
+            y(v) + 4.0,
+            w - pad
+        );
+    }
+    for (gi, (label, vs)) in groups.iter().enumerate() {
+        let gx = pad + gi as f64 * gw + 9.0;
+        for (si, v) in vs.iter().enumerate() {
+            let Some(v) = v else { continue };
+            let (top, bottom) = if *v >= 0.0 { (y(*v), y(0.0)) } else { (y(0.0), y(*v)) };
+            let _ = write!(
+                s,
+                r#"<rect x="{:.1}" y="{top:.1}" width="20" height="{:.1}" fill="{}"><title>{}: {}: {v:.2}</title></rect>"#,
+                gx + si as f64 * 22.0,
+                (bottom - top).max(0.5),
+                PALETTE[si % PALETTE.len()],
+                esc(label),
+                series[si]
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{}" font-size="11" text-anchor="middle">{}</text>"#,
+            gx + 11.0 * series.len() as f64,
+            h - pad + 16.0,
+            esc(label)
+        );
+    }
+    for (si, name) in series.iter().enumerate() {
+        let lx = pad + si as f64 * 110.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{lx}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}" font-size="12">{name}</text>"#,
+            h + 2.0,
+            PALETTE[si % PALETTE.len()],
+            lx + 16.0,
+            h + 12.0
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="12" y="{}" font-size="12" transform="rotate(-90 12 {0})" text-anchor="middle">{}</text></svg>"#,
+        h / 2.0,
+        esc(y_label)
+    );
+    s
+}
+
+/// Per-instruction accuracy: original, CRISPR, random (mean over seeds).
+fn svg_per_instruction(r: &RunResult, task: &str) -> String {
+    let Some(t) = r.tasks.get(task) else { return String::new() };
+    let per = |d: &Value| -> Vec<(String, f64)> {
+        d.get("per_instruction")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| Some((x.get("instruction")?.as_str()?.to_string(), x.get("acc")?.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let orig = per(&t.original);
+    let cr = per(&t.crispr);
+    let rands: Vec<Vec<(String, f64)>> = t.random.iter().map(per).collect();
+    let groups: Vec<(String, Vec<Option<f64>>)> = orig
+        .iter()
+        .enumerate()
+        .map(|(i, (name, o))| {
+            let rnd: Vec<f64> = rands.iter().filter_map(|r| r.get(i).map(|x| x.1)).collect();
+            let rm = (!rnd.is_empty()).then(|| rnd.iter().sum::<f64>() / rnd.len() as f64);
+            (name.rsplit('/').next().unwrap_or(name).to_string(), vec![Some(*o), cr.get(i).map(|x| x.1), rm])
+        })
+        .collect();
+    svg_bars(&groups, &["original", "CRISPR", "random"], "accuracy (%)")
+}
+
+fn svg_bias_scores(r: &RunResult) -> String {
+    let Some(t) = r.tasks.get(&r.config.task) else { return String::new() };
+    if num(&t.original, &["mean", "bias_score_ambig"]).is_none() {
+        return String::new();
+    }
+    let groups: Vec<(String, Vec<Option<f64>>)> =
+        [("bias_score_ambig", "ambiguous"), ("bias_score_disambig", "disambiguated")]
+            .iter()
+            .map(|(k, label)| {
+                (
+                    label.to_string(),
+                    vec![
+                        num(&t.original, &["mean", k]),
+                        num(&t.crispr, &["mean", k]),
+                        random_mean(&t.random, &["mean", k]),
+                    ],
+                )
+            })
+            .collect();
+    svg_bars(&groups, &["original", "CRISPR", "random"], "BBQ bias score (×100)")
+}
+
+/// Heat map: layers × module kinds, cell = number of bias neurons.
+fn svg_placement(r: &RunResult) -> String {
+    let place = placement(r);
+    if place.is_empty() {
+        return "<p>No neurons were pruned.</p>".into();
+    }
+    let mut kinds: Vec<String> = place.values().flat_map(|m| m.keys().cloned()).collect();
+    kinds.sort();
+    kinds.dedup();
+    let rows: Vec<(String, usize)> = place.keys().cloned().collect();
+    let max = place.values().flat_map(|m| m.values()).copied().max().unwrap_or(1) as f64;
+    let (cw, ch, left, top) = (54.0, 20.0, 110.0, 24.0);
+    let w = left + cw * kinds.len() as f64 + 10.0;
+    let h = top + ch * rows.len() as f64 + 10.0;
+    let mut s = format!(
+        r#"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="bias neurons by layer and module">"#
+    );
+    for (j, k) in kinds.iter().enumerate() {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="16" font-size="11" text-anchor="middle">{}</text>"#,
+            left + cw * j as f64 + cw / 2.0,
+            esc(k)
+        );
+    }
+    for (i, key) in rows.iter().enumerate() {
+        let yy = top + ch * i as f64;
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{:.1}" font-size="11" text-anchor="end">{} layer {}</text>"#,
+            left - 6.0,
+            yy + 14.0,
+            key.0,
+            key.1
+        );
+        for (j, k) in kinds.iter().enumerate() {
+            let c = place[key].get(k).copied().unwrap_or(0);
+            let alpha = if c == 0 { 0.04 } else { 0.2 + 0.8 * c as f64 / max };
+            let _ = write!(
+                s,
+                r#"<rect x="{:.1}" y="{yy:.1}" width="{}" height="{}" fill="rgba(37,99,235,{alpha:.2})"><title>{} layer {} {}: {c}</title></rect>"#,
+                left + cw * j as f64,
+                cw - 2.0,
+                ch - 2.0,
+                key.0,
+                key.1,
+                esc(k)
+            );
+            if c > 0 {
+                let _ = write!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{c}</text>"#,
+                    left + cw * j as f64 + cw / 2.0 - 1.0,
+                    yy + 14.0
+                );
+            }
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
+pub fn html(r: &RunResult) -> String {
+    let mut s = String::new();
+    let model_name = r.model.get("path").and_then(Value::as_str).unwrap_or("model");
+    let _ = write!(
+        s,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>CRISPR report: {task}</title>
+<style>body{{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#111}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 10px;text-align:right}}th{{background:#f5f5f5}}
+td:first-child,td:nth-child(2),th:first-child{{text-align:left}}code{{background:#f3f4f6;padding:1px 4px;border-radius:3px}}
+.pos{{color:#15803d}}.neg{{color:#b91c1c}}figure{{margin:1em 0}}figcaption{{font-size:.9em;color:#444}}</style></head><body>
+<h1>CRISPR: bias neurons of <code>{model}</code> on <code>{task}</code></h1>
+<p>Preset <b>{preset}</b>. Attribution on {samples} dev instances × {ninstr} instructions; the number of pruned neurons was chosen on dev: <b>n = {n}</b> ({universe} universe). The pruned model is <code>{pruned}</code>.</p>"#,
+        task = esc(&r.config.task),
+        model = esc(model_name),
+        preset = esc(&r.config.preset),
+        samples = r.config.attribution.samples,
+        ninstr = if r.config.attribution.instructions == 0 {
+            "all".to_string()
+        } else {
+            r.config.attribution.instructions.to_string()
+        },
+        n = r.n_selected,
+        universe = r.config.attribution.settings.universe.name(),
+        pruned = esc(&r.pruned_model),
+    );
+    let _ = write!(s, "<h2>Test results</h2><p>Mean ± std over instructions; random pruning: same n, mean over {} seeds.</p><table><tr><th>task</th><th>metric</th><th>original</th><th>CRISPR</th><th>random</th><th>Δ CRISPR</th></tr>", r.config.test.random_seeds.len());
+    for row in summary_rows(r) {
+        let cls = if row[5].starts_with('+') {
+            "pos"
+        } else if row[5].starts_with('-') {
+            "neg"
+        } else {
+            ""
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{cls}\">{}</td></tr>",
+            esc(&row[0]),
+            esc(&row[1]),
+            row[2],
+            row[3],
+            row[4],
+            row[5]
+        );
+    }
+    s.push_str("</table><p>For BBQ bias scores, 0 is unbiased; positive values mean answers aligned with the stereotype. Δ is CRISPR − original.</p>");
+    let _ = write!(s, "<h2>Choosing n on dev</h2><figure>{}<figcaption>Dev accuracy (mean over instructions) at every n the golden-section search and final sweep evaluated; the red point is the chosen n.</figcaption></figure>", svg_search(r));
+    let _ = write!(s, "<h2>Per-instruction accuracy on {}</h2><figure>{}<figcaption>Each group is one instruction.</figcaption></figure>", esc(&r.config.task), svg_per_instruction(r, &r.config.task));
+    let bias = svg_bias_scores(r);
+    if !bias.is_empty() {
+        let _ = write!(s, "<h2>BBQ bias scores</h2><figure>{bias}<figcaption>BBQ's own bias scores (×100) on test, ambiguous and disambiguated contexts.</figcaption></figure>");
+    }
+    let _ = write!(s, "<h2>Where the bias neurons sit</h2><figure>{}<figcaption>Number of pruned neurons per layer and module kind.</figcaption></figure>", svg_placement(r));
+    s.push_str("<h2>Top bias neurons</h2><table><tr><th>rank</th><th>neuron</th><th>score</th></tr>");
+    for (i, n) in r.bias_neurons.iter().enumerate().take(30) {
+        let _ = write!(s, "<tr><td>{}</td><td><code>{}</code></td><td>{:.3e}</td></tr>", i + 1, esc(&n.id), n.score);
+    }
+    s.push_str("</table><h2>Time</h2><ul>");
+    for (stage, secs) in &r.seconds {
+        let _ = write!(s, "<li>{}: {secs:.0} s</li>", esc(stage));
+    }
+    s.push_str("</ul><p>Replay: <code>crispr run --config config.toml --out DIR</code>. All numbers come from <code>metrics.json</code> in this directory.</p></body></html>\n");
+    s
+}
