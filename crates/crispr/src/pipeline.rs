@@ -136,6 +136,7 @@ pub struct RunResult {
     /// Per task: `original`, `crispr`, `random` (one metrics.json document per random seed).
     pub tasks: BTreeMap<String, TaskResults>,
     pub bias_neurons: Vec<crate::neurons::RankedNeuron>,
+    /// The pruned model's file or directory name inside the run directory.
     pub pruned_model: String,
     pub seconds: BTreeMap<String, f64>,
 }
@@ -476,8 +477,10 @@ fn export_stage(env: &mut Env<'_>, loaded: &LoadedModel, neurons: &[Neuron]) -> 
         ModelFormat::Gguf(_) => env.dir.join("model-pruned.gguf"),
         ModelFormat::Checkpoint(_) => env.dir.join("model-pruned"),
     };
+    // Reported relative to the run directory, so results do not depend on where the run lives.
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if out.exists() {
-        return Ok(out.display().to_string());
+        return Ok(name);
     }
     env.progress.note(&format!("exporting the pruned model to {}", out.display()));
     let mut rows = RowsByModule::new();
@@ -485,5 +488,5 @@ fn export_stage(env: &mut Env<'_>, loaded: &LoadedModel, neurons: &[Neuron]) -> 
         rows.entry(loaded.model.prune_target_name(n.site)).or_default().push(n.row);
     }
     write_pruned(&loaded.format, &rows, &out)?;
-    Ok(out.display().to_string())
+    Ok(name)
 }

@@ -43,3 +43,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
 pub fn crispr_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crispr"))
 }
+
+/// The shared benchmark data: `$CRISPR_DATA_DIR`, else a `shared/data` beside an ancestor.
+pub fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CRISPR_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in manifest.ancestors() {
+        let cand = dir.join("shared").join("data");
+        if cand.join("README.md").is_file() {
+            return cand;
+        }
+    }
+    panic!("shared data not found: set CRISPR_DATA_DIR or place shared/ beside the repository clone");
+}

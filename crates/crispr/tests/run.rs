@@ -1,0 +1,133 @@
+//! `crispr run` end to end on the tiny Llama checkpoint: a complete run writes its report files;
+//! a run killed mid-attribution and resumed with the same command gives the same metrics.json as
+//! an uninterrupted one; a directory holding a different configuration is refused.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn config(dir: &Path) -> std::path::PathBuf {
+    let model = common::fixtures().join("tiny").join("llama");
+    let text = format!(
+        r#"model = "{}"
+task = "bbq:Age"
+retain = ["rte"]
+preset = "test"
+split_seed = 0
+
+[attribution]
+samples = 24
+seeds = [2026]
+instructions = 4
+
+[attribution.settings]
+universe = "linear"
+objective = "prob"
+token_agg = "max"
+disentangle = "per-instance"
+lambda = 1.0
+alpha = true
+
+[search]
+lo = 0
+hi = 12
+final_width = 3
+dev_limit = 6
+instructions = 2
+seed = 0
+
+[test]
+limit = 6
+instructions = 2
+retain_limit = 4
+retain_instructions = 2
+random_seeds = [1, 2]
+seed = 0
+"#,
+        model.display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn crispr_run(cfg: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(common::crispr_bin());
+    cmd.args(["run", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .env("CRISPR_DATA_DIR", common::data_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// metrics.json without wall-clock times.
+fn metrics(dir: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("seconds");
+    v
+}
+
+#[test]
+fn run_reports_resumes_identically_and_refuses_other_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let a = tmp.path().join("a");
+    let o = crispr_run(&cfg, &a).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        "metrics.json",
+        "report.md",
+        "report.html",
+        "config.toml",
+        "attribution/scores.safetensors",
+        "attribution/neurons.json",
+        "search.json",
+    ] {
+        assert!(a.join(f).is_file(), "{f} missing");
+    }
+    let html = std::fs::read_to_string(a.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("bbq:Age") && !html.contains("src=\"http"), "self-contained report");
+    let m = metrics(&a);
+    let n = m["n_selected"].as_u64().unwrap() as usize;
+    // The search always considers pruning nothing, and the pruned export exists when n > 0.
+    assert!(m["search"].as_array().unwrap().iter().any(|p| p[0] == 0));
+    if n > 0 {
+        assert!(a.join("model-pruned").is_dir());
+    }
+    assert_eq!(m["tasks"]["bbq:Age"]["random"].as_array().unwrap().len(), 2);
+
+    // Kill a second run as soon as its first attribution checkpoint exists, then resume it.
+    let b = tmp.path().join("b");
+    let mut child = crispr_run(&cfg, &b).spawn().unwrap();
+    let partial = b.join("attribution").join("partial");
+    let start = Instant::now();
+    loop {
+        let done = std::fs::read_dir(&partial).map(|r| r.count()).unwrap_or(0);
+        if done >= 1 || start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(!b.join("metrics.json").exists(), "killed before finishing");
+    let checkpoints = std::fs::read_dir(&partial).unwrap().count();
+    assert!((1..4).contains(&checkpoints), "killed mid-attribution ({checkpoints} of 4 instructions done)");
+    let o = crispr_run(&cfg, &b).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming"));
+    assert_eq!(metrics(&a), metrics(&b), "resumed run equals the uninterrupted one");
+
+    // A different configuration in the same directory is refused.
+    let other = tmp.path().join("other.toml");
+    std::fs::write(&other, std::fs::read_to_string(&cfg).unwrap().replace("samples = 24", "samples = 23")).unwrap();
+    let o = crispr_run(&other, &b).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different settings"));
+}
