@@ -434,7 +434,7 @@ td:first-child,td:nth-child(2),th:first-child{{text-align:left}}code{{background
             row[5]
         );
     }
-    s.push_str("</table><p>For BBQ bias scores, 0 is unbiased; positive values mean answers aligned with the stereotype. Δ is CRISPR − original.</p>");
+    s.push_str("</table><p>For BBQ bias scores, 0 is unbiased; positive values mean answers aligned with the stereotype. Δ is CRISPR − original; green marks an improvement (higher accuracy, bias score closer to 0).</p>");
     let _ = write!(s, "<h2>Choosing n on dev</h2><figure>{}<figcaption>Dev accuracy (mean over instructions) at every n the golden-section search and final sweep evaluated; the red point is the chosen n.</figcaption></figure>", svg_search(r));
     let _ = write!(s, "<h2>Per-instruction accuracy on {}</h2><figure>{}<figcaption>Each group is one instruction.</figcaption></figure>", esc(&r.config.task), svg_per_instruction(r, &r.config.task));
     let bias = svg_bias_scores(r);

@@ -622,6 +622,8 @@ pub fn rms_norm_backward<F: Float>(dx: &mut [F], dy: &[F], x: &[F], inv_rms: &[F
 #[derive(Clone, Debug)]
 struct RopeTable {
     inv_freq: Vec<f64>,
+    /// `(cos, sin)` of position `p`, frequency `j` at `p · head_dim/2 + j`.
+    table: Vec<(f64, f64)>,
 }
 
 impl RopeTable {
@@ -645,23 +647,33 @@ impl RopeTable {
                 }
             }
         }
-        RopeTable { inv_freq }
+        // cos/sin of the first positions, computed once (a forward pass needs them 2 × layers times).
+        let positions = cfg.max_position_embeddings.min(8192);
+        let table = (0..positions)
+            .flat_map(|p| inv_freq.iter().map(move |f| ((p as f64 * f).cos(), (p as f64 * f).sin())))
+            .collect();
+        RopeTable { inv_freq, table }
     }
 
     /// Rotate `x` (`[n × heads·head_dim]`, positions `pos0..pos0+n`) in place; `inverse` applies
     /// the transpose rotation, which is the backward of the forward rotation.
     fn apply<F: Float>(&self, x: &mut [F], n: usize, heads: usize, head_dim: usize, pos0: usize, inverse: bool) {
         let half = head_dim / 2;
+        let mut cos = vec![F::ZERO; half];
+        let mut sin = vec![F::ZERO; half];
         for i in 0..n {
-            let pos = (pos0 + i) as f64;
-            let (cos, sin): (Vec<F>, Vec<F>) = self
-                .inv_freq
-                .iter()
-                .map(|f| {
-                    let a = pos * f;
-                    (F::from_f64(a.cos()), F::from_f64(if inverse { -a.sin() } else { a.sin() }))
-                })
-                .unzip();
+            let pos = pos0 + i;
+            for j in 0..half {
+                let (c, s) = match self.table.get(pos * half + j) {
+                    Some(&cs) => cs,
+                    None => {
+                        let a = pos as f64 * self.inv_freq[j];
+                        (a.cos(), a.sin())
+                    }
+                };
+                cos[j] = F::from_f64(c);
+                sin[j] = F::from_f64(if inverse { -s } else { s });
+            }
             for h in 0..heads {
                 let base = i * heads * head_dim + h * head_dim;
                 for j in 0..half {
