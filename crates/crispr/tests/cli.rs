@@ -206,3 +206,122 @@ fn unknown_hub_repo_is_a_clear_error() {
         .unwrap();
     assert_fails_with(&o, &["test-org/missing", "not found"]);
 }
+
+#[test]
+fn attribute_prune_eval_chain_on_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::data_dir();
+    let model = tiny();
+    let scores = dir.path().join("attr");
+    let run = |args: &[&str]| {
+        let o = Command::new(crispr_bin()).args(args).env("CRISPR_DATA_DIR", &data).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    run(&[
+        "attribute",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "bbq:Age",
+        "--samples",
+        "3",
+        "--instructions",
+        "paper",
+        "--out",
+        scores.to_str().unwrap(),
+    ]);
+    let neurons: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(scores.join("neurons.json")).unwrap()).unwrap();
+    assert_eq!(neurons["universe_size"], 2 * (64 + 32 + 32 + 64 + 96 + 96 + 64));
+    assert_eq!(neurons["samples"][0]["indices"].as_array().unwrap().len(), 3);
+    assert_eq!(neurons["task"]["name"], "bbq:Age");
+    let first = &neurons["neurons"][0];
+    assert_eq!(first["id"].as_str().unwrap(), format!("{}:{}", first["module"].as_str().unwrap(), first["row"]));
+
+    // --samples all on an explicit instance file (the re-release parity mode).
+    let subset = dir.path().join("subset.jsonl");
+    let age = std::fs::read_to_string(data.join("bbq/data/Age.jsonl")).unwrap();
+    std::fs::write(&subset, age.lines().take(2).collect::<Vec<_>>().join("\n")).unwrap();
+    let compat = dir.path().join("compat");
+    run(&[
+        "attribute",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        subset.to_str().unwrap(),
+        "--samples",
+        "all",
+        "--compat",
+        "biasneuron",
+        "--out",
+        compat.to_str().unwrap(),
+    ]);
+    let n: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(compat.join("neurons.json")).unwrap()).unwrap();
+    assert_eq!(n["samples"][0]["indices"], serde_json::json!([0, 1]));
+    assert_eq!(n["settings"]["compat"], "biasneuron");
+
+    let pruned = dir.path().join("pruned");
+    run(&[
+        "prune",
+        "--model",
+        model.to_str().unwrap(),
+        "--scores",
+        scores.to_str().unwrap(),
+        "--top",
+        "5",
+        "--out",
+        pruned.to_str().unwrap(),
+    ]);
+    assert!(pruned.join("model.safetensors").is_file() && pruned.join("tokenizer.json").is_file());
+
+    // Evaluating the exported model equals evaluating the in-memory pruned one.
+    let e1 = dir.path().join("e1");
+    let e2 = dir.path().join("e2");
+    run(&["eval", "--model", pruned.to_str().unwrap(), "--task", "rte", "--limit", "5", "--out", e1.to_str().unwrap()]);
+    run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "rte",
+        "--limit",
+        "5",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--top",
+        "5",
+        "--out",
+        e2.to_str().unwrap(),
+    ]);
+    let m = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("metrics.json")).unwrap()).unwrap()
+    };
+    assert_eq!(m(&e1)["per_instruction"], m(&e2)["per_instruction"]);
+    assert_eq!(m(&e1)["n_examples"], 5);
+    assert_eq!(m(&e1)["per_instruction"].as_array().unwrap().len(), 10);
+
+    // Bad arguments are one-line errors.
+    let o = Command::new(crispr_bin())
+        .args(["attribute", "--model", model.to_str().unwrap(), "--task", "bbq:Nope", "--out", "/tmp/x"])
+        .env("CRISPR_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert_fails_with(&o, &["bbq:Nope"]);
+    let o = Command::new(crispr_bin())
+        .args([
+            "prune",
+            "--model",
+            model.to_str().unwrap(),
+            "--scores",
+            "/nonexistent",
+            "--top",
+            "3",
+            "--out",
+            "/tmp/y",
+        ])
+        .output()
+        .unwrap();
+    assert_fails_with(&o, &["/nonexistent"]);
+}

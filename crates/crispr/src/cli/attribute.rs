@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::common::{model_checksum, parse_samples, progress, TaskArgs};
+use super::common::{model_checksum, progress, Samples, TaskArgs};
 use super::ModelArgs;
 use crispr::attribution::{attribute_instruction, Disentangle, Instance, Objective, Scores, Settings, TokenAgg};
 use crispr::data::{split_indices, Split};
@@ -22,8 +22,8 @@ pub struct AttributeArgs {
     #[arg(long)]
     out: PathBuf,
     /// Instances drawn from the dev split per seed, or `all` (every instance, in file order).
-    #[arg(long, default_value = "20", value_parser = parse_samples)]
-    samples: Option<usize>,
+    #[arg(long, default_value = "20")]
+    samples: Samples,
     /// Seeds of the attribution sample; several seeds are averaged.
     #[arg(long, value_delimiter = ',', default_value = "2026")]
     seed: Vec<u64>,
@@ -109,8 +109,8 @@ pub fn run(args: AttributeArgs) -> Result<()> {
     let lt = args.task.load()?;
     let loaded = args.model.load()?;
     let sample_sets: Vec<(u64, Vec<usize>)> = match args.samples {
-        None => vec![(0, (0..lt.task.examples.len()).collect())],
-        Some(n) => {
+        Samples::All => vec![(0, (0..lt.task.examples.len()).collect())],
+        Samples::Drawn(n) => {
             let dev = split_indices(&lt.task, Split::Dev, args.task.split_seed, 0.1);
             if n > dev.len() {
                 bail!("--samples {n} exceeds the {} dev instances of {}", dev.len(), lt.task.name);

@@ -51,12 +51,23 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Parse `20`/`all` for --samples.
-pub fn parse_samples(s: &str) -> Result<Option<usize>, String> {
-    if s == "all" {
-        return Ok(None);
+/// `--samples N|all`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Samples {
+    /// N instances drawn from the dev split.
+    Drawn(usize),
+    /// Every instance of the task, in file order.
+    All,
+}
+
+impl std::str::FromStr for Samples {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "all" {
+            return Ok(Samples::All);
+        }
+        s.parse().map(Samples::Drawn).map_err(|_| format!("expected a number or `all`, got {s:?}"))
     }
-    s.parse().map(Some).map_err(|_| format!("expected a number or `all`, got {s:?}"))
 }
 
 pub fn sha256_of(path: &Path) -> String {
