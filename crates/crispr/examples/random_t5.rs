@@ -20,7 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t5/expected.json");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&fixture)?)?;
-    let config = meta["models"].get(&shape).ok_or(format!("unknown shape {shape:?} (small or base)"))?["config"].clone();
+    let config =
+        meta["models"].get(&shape).ok_or(format!("unknown shape {shape:?} (small or base)"))?["config"].clone();
     let seed = meta["generator"]["seed"].as_u64().ok_or("fixture has no generator seed")?;
     std::fs::create_dir_all(&out)?;
     crispr::model::t5::synthetic::write_checkpoint(&out, &config, seed, &tokenizer)?;

@@ -110,8 +110,10 @@ pub fn evaluate(
                 order.sort_by(|&a, &b| prompts[a].prompt.cmp(&prompts[b].prompt));
                 let mut all = vec![Vec::new(); prompts.len()];
                 for chunk in order.chunks(16) {
-                    let items: Vec<(&[u32], &[Vec<u32>])> =
-                        chunk.iter().map(|&k| (prompts[k].prompt.as_slice(), prompts[k].candidates.as_slice())).collect();
+                    let items: Vec<(&[u32], &[Vec<u32>])> = chunk
+                        .iter()
+                        .map(|&k| (prompts[k].prompt.as_slice(), prompts[k].candidates.as_slice()))
+                        .collect();
                     for (&k, lps) in chunk.iter().zip(model.score_many(&items)) {
                         all[k] = lps;
                         progress();

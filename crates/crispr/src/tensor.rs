@@ -42,18 +42,13 @@ pub trait Float:
 /// `e^x` for f32 without a libm call, so loops over it vectorise: Cody–Waite range reduction
 /// `x = n·ln 2 + r` and Cephes' degree-6 polynomial for `e^r` (relative error ~1e-7, about one
 /// ulp, on the whole range). Below −87.3 the result underflows to ~1e-38 rather than 0; NaN
-/// passes through (every clamp is a comparison that NaN fails).
+/// passes through.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const HI: f32 = 88.37;
     const LO: f32 = -87.33;
-    let x = if x > HI {
-        HI
-    } else if x < LO {
-        LO
-    } else {
-        x
-    };
+    // `clamp` keeps NaN as NaN.
+    let x = x.clamp(LO, HI);
     // Round x/ln2 to the nearest integer by the float-magic trick (no floor call).
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;

@@ -85,7 +85,8 @@ fn prefix_reusing_batch_scoring_equals_independent_scoring() {
         "Context: A grandson and a grandfather.\nQuestion: Who forgot?",
     ];
     let encs: Vec<_> = users.iter().map(|u| encode(&text, PromptStyle::Chat, u, &cands).unwrap()).collect();
-    let items: Vec<(&[u32], &[Vec<u32>])> = encs.iter().map(|e| (e.prompt.as_slice(), e.candidates.as_slice())).collect();
+    let items: Vec<(&[u32], &[Vec<u32>])> =
+        encs.iter().map(|e| (e.prompt.as_slice(), e.candidates.as_slice())).collect();
     let batched = model.score_many(&items);
     for (e, b) in encs.iter().zip(&batched) {
         let single = model.score(&e.prompt, &e.candidates);

@@ -498,8 +498,18 @@ struct FfnTrace<F> {
     wi_0: Vec<F>,
     /// Empty when the FFN is not gated.
     wi_1: Vec<F>,
+    /// [`Activation::shared_terms`] of `wi_0`.
+    terms: Vec<F>,
     act: Vec<F>,
     wo: Vec<F>,
+}
+
+/// A decoder block's cross-attention keys and values, and the gradient at the encoder output
+/// its backward pass adds to.
+struct CrossGrad<'a, F> {
+    k: &'a [F],
+    v: &'a [F],
+    d_enc: &'a mut [F],
 }
 
 struct BlockTrace<F> {
@@ -526,33 +536,42 @@ fn fire<F>(hook: &mut Option<ForwardHook<'_, F>>, id: usize, y: &mut [F]) {
 /// Elementwise work below this many values stays on one thread.
 const PAR_ELEMS: usize = 1 << 15;
 
-#[inline]
-fn gelu_tanh<F: Float>(x: F) -> F {
-    let c = F::from_f64((2.0 / std::f64::consts::PI).sqrt());
-    let inner = c * (x + F::from_f64(0.044715) * x * x * x);
-    F::from_f64(0.5) * x * (F::ONE + inner.tanh())
-}
-
-#[inline]
-fn gelu_tanh_grad<F: Float>(x: F) -> F {
-    let c = F::from_f64((2.0 / std::f64::consts::PI).sqrt());
-    let k = F::from_f64(0.044715);
-    let t = (c * (x + k * x * x * x)).tanh();
-    let half = F::from_f64(0.5);
-    half * (F::ONE + t) + half * x * (F::ONE - t * t) * c * (F::ONE + F::from_f64(3.0) * k * x * x)
-}
-
 impl Activation {
-    #[inline]
-    fn apply<F: Float>(self, x: F) -> F {
+    /// What the value and the derivative share, computed once per unit in the forward pass and
+    /// kept for the backward pass: `tanh(√(2/π)·(x + 0.044715·x³))` for the GELU (transcendental
+    /// functions dominate the elementwise cost), nothing for ReLU.
+    fn shared_terms<F: Float>(self, x: &[F], width: usize) -> Vec<F> {
         match self {
-            Activation::Relu => x.max(F::ZERO),
-            Activation::GeluTanh => gelu_tanh(x),
+            Activation::Relu => Vec::new(),
+            Activation::GeluTanh => {
+                let c = F::from_f64((2.0 / std::f64::consts::PI).sqrt());
+                let k = F::from_f64(0.044715);
+                let mut t = x.to_vec();
+                par_rows(&mut t, width, |_, row| {
+                    for v in row.iter_mut() {
+                        let u = c * (*v + k * *v * *v * *v);
+                        // tanh(u) = 1 − 2/(e^{2u} + 1): one exp, several times cheaper than libm
+                        // tanh; exact limits ±1 when e^{2u} overflows or underflows.
+                        *v = F::ONE - F::from_f64(2.0) / ((u + u).exp() + F::ONE);
+                    }
+                });
+                t
+            }
         }
     }
 
+    /// The activation of `x`, given its shared term `t` (see [`Self::shared_terms`]).
     #[inline]
-    fn grad<F: Float>(self, x: F) -> F {
+    fn value<F: Float>(self, x: F, t: F) -> F {
+        match self {
+            Activation::Relu => x.max(F::ZERO),
+            Activation::GeluTanh => F::from_f64(0.5) * x * (F::ONE + t),
+        }
+    }
+
+    /// The derivative at `x`, given its shared term `t`.
+    #[inline]
+    fn derivative<F: Float>(self, x: F, t: F) -> F {
         match self {
             Activation::Relu => {
                 if x > F::ZERO {
@@ -561,9 +580,20 @@ impl Activation {
                     F::ZERO
                 }
             }
-            Activation::GeluTanh => gelu_tanh_grad(x),
+            Activation::GeluTanh => {
+                let c = F::from_f64((2.0 / std::f64::consts::PI).sqrt());
+                let k = F::from_f64(0.044715);
+                let half = F::from_f64(0.5);
+                half * (F::ONE + t) + half * x * (F::ONE - t * t) * c * (F::ONE + F::from_f64(3.0) * k * x * x)
+            }
         }
     }
+}
+
+/// Element `i` of a shared-term table, or 0 when the activation keeps none.
+#[inline]
+fn term<F: Float>(t: &[F], i: usize) -> F {
+    t.get(i).copied().unwrap_or(F::ZERO)
 }
 
 /// `f(i, chunk)` over consecutive chunks of `width` values, in parallel when there is enough work.
@@ -855,28 +885,30 @@ impl<F: Float> T5Model<F> {
         let f = &block.ffn;
         let act_fn = cfg.activation;
         let ff = cfg.d_ff;
-        let (wi_0, wi_1, mut act) = if let Some(w1) = &f.wi_1 {
+        let (wi_0, wi_1, terms, mut act) = if let Some(w1) = &f.wi_1 {
             let mut wi_0 = f.wi_0.forward(&h, n);
             fire(hook, id(T5Proj::Wi0), &mut wi_0);
             let mut wi_1 = w1.forward(&h, n);
             fire(hook, id(T5Proj::Wi1), &mut wi_1);
+            let terms = act_fn.shared_terms(&wi_0, ff);
             let mut act = wi_0.clone();
             par_rows(&mut act, ff, |r, row| {
-                for (a, &b) in row.iter_mut().zip(&wi_1[r * ff..(r + 1) * ff]) {
-                    *a = act_fn.apply(*a) * b;
+                for (j, (a, &b)) in row.iter_mut().zip(&wi_1[r * ff..(r + 1) * ff]).enumerate() {
+                    *a = act_fn.value(*a, term(&terms, r * ff + j)) * b;
                 }
             });
-            (wi_0, wi_1, act)
+            (wi_0, wi_1, terms, act)
         } else {
             let mut wi = f.wi_0.forward(&h, n);
             fire(hook, id(T5Proj::Wi), &mut wi);
+            let terms = act_fn.shared_terms(&wi, ff);
             let mut act = wi.clone();
-            par_rows(&mut act, ff, |_, row| {
-                for a in row.iter_mut() {
-                    *a = act_fn.apply(*a);
+            par_rows(&mut act, ff, |r, row| {
+                for (j, a) in row.iter_mut().enumerate() {
+                    *a = act_fn.value(*a, term(&terms, r * ff + j));
                 }
             });
-            (wi, Vec::new(), act)
+            (wi, Vec::new(), terms, act)
         };
         fire(hook, id(T5Proj::Act), &mut act);
         let mut wo = f.wo.forward(&act, n);
@@ -884,7 +916,7 @@ impl<F: Float> T5Model<F> {
         for (xi, &yi) in x.iter_mut().zip(&wo) {
             *xi += yi;
         }
-        BlockTrace { attn, cross, ffn: FfnTrace { x_in, inv_rms, wi_0, wi_1, act, wo } }
+        BlockTrace { attn, cross, ffn: FfnTrace { x_in, inv_rms, wi_0, wi_1, terms, act, wo } }
     }
 
     /// The encoder over `tokens`, keeping what the backward pass needs.
@@ -1005,7 +1037,7 @@ impl<F: Float> T5Model<F> {
         t: &BlockTrace<F>,
         dx: &mut [F],
         n: usize,
-        cross: Option<(&[F], &[F], &[F], usize, &mut [F])>,
+        cross: Option<CrossGrad<'_, F>>,
         visit: GradVisitor<'_, F>,
     ) {
         let cfg = &self.cfg;
@@ -1023,18 +1055,17 @@ impl<F: Float> T5Model<F> {
         let act_fn = cfg.activation;
         let mut d_h = vec![F::ZERO; n * d];
         if let Some(w1) = &block.ffn.wi_1 {
-            // act = g(wi_0) ⊙ wi_1
+            // act = g(wi_0) ⊙ wi_1: d wi_0 = d act ⊙ wi_1 ⊙ g'(wi_0), d wi_1 = d act ⊙ g(wi_0).
             let mut d0 = d_act.clone();
-            par_rows(&mut d0, ff, |r, row| {
-                let span = r * ff..(r + 1) * ff;
-                for ((dv, &a), &b) in row.iter_mut().zip(&f.wi_0[span.clone()]).zip(&f.wi_1[span]) {
-                    *dv = *dv * b * act_fn.grad(a);
-                }
-            });
             let mut d1 = d_act;
-            par_rows(&mut d1, ff, |r, row| {
-                for (dv, &a) in row.iter_mut().zip(&f.wi_0[r * ff..(r + 1) * ff]) {
-                    *dv *= act_fn.apply(a);
+            d0.par_chunks_mut(ff).zip(d1.par_chunks_mut(ff)).enumerate().for_each(|(r, (r0, r1))| {
+                let span = r * ff..(r + 1) * ff;
+                for (j, ((g0, g1), (&a, &b))) in
+                    r0.iter_mut().zip(r1.iter_mut()).zip(f.wi_0[span.clone()].iter().zip(&f.wi_1[span])).enumerate()
+                {
+                    let t = term(&f.terms, r * ff + j);
+                    *g0 = *g0 * b * act_fn.derivative(a, t);
+                    *g1 *= act_fn.value(a, t);
                 }
             });
             visit(id(T5Proj::Wi0), &f.wi_0, &d0);
@@ -1044,8 +1075,8 @@ impl<F: Float> T5Model<F> {
         } else {
             let mut d0 = d_act;
             par_rows(&mut d0, ff, |r, row| {
-                for (dv, &a) in row.iter_mut().zip(&f.wi_0[r * ff..(r + 1) * ff]) {
-                    *dv *= act_fn.grad(a);
+                for (j, (dv, &a)) in row.iter_mut().zip(&f.wi_0[r * ff..(r + 1) * ff]).enumerate() {
+                    *dv *= act_fn.derivative(a, term(&f.terms, r * ff + j));
                 }
             });
             visit(id(T5Proj::Wi), &f.wi_0, &d0);
@@ -1054,8 +1085,8 @@ impl<F: Float> T5Model<F> {
         rms_norm_backward(dx, &d_h, &f.x_in, &f.inv_rms, &block.ffn_norm);
 
         // Cross-attention: x_ffn = x_c + o(attn(q(norm(x_c)), K(enc), V(enc)))
-        if let (Some(ct), Some((ck, cv, ..)), Some(ca), Some(norm)) =
-            (&t.cross, cross.as_ref(), &block.cross_attn, &block.cross_norm)
+        if let (Some(ct), Some(CrossGrad { k: ck, v: cv, d_enc }), Some(ca), Some(norm)) =
+            (&t.cross, cross, &block.cross_attn, &block.cross_norm)
         {
             let m = ck.len() / inner;
             let d_o = dx.to_vec();
@@ -1069,11 +1100,8 @@ impl<F: Float> T5Model<F> {
             let mut d_h = vec![F::ZERO; n * d];
             ca.q.backward_into(&mut d_h, &dq, n);
             rms_norm_backward(dx, &d_h, &ct.x_in, &ct.inv_rms, norm);
-            if let Some((_, _, _, m_enc, d_enc)) = cross {
-                debug_assert_eq!(m_enc, m);
-                ca.k.backward_into(d_enc, &dk, m);
-                ca.v.backward_into(d_enc, &dv, m);
-            }
+            ca.k.backward_into(d_enc, &dk, m);
+            ca.v.backward_into(d_enc, &dv, m);
         }
 
         // Self-attention: x_c = x_in + o(attn(q, k, v)(norm(x_in)))
@@ -1145,7 +1173,7 @@ impl<F: Float> T5Model<F> {
         let mut d_enc = vec![F::ZERO; m * d];
         for l in (0..self.cfg.num_decoder_layers).rev() {
             let (ck, cv) = &cross[l];
-            let c = Some((ck.as_slice(), cv.as_slice(), enc.out.as_slice(), m, d_enc.as_mut_slice()));
+            let c = Some(CrossGrad { k: ck, v: cv, d_enc: &mut d_enc });
             self.block_backward(StackKind::Decoder, l, &dec.blocks[l], &mut dx, n, c, visit);
         }
         let mut dx = vec![F::ZERO; m * d];
@@ -1185,7 +1213,7 @@ impl<F: Float> T5Model<F> {
             let mut tokens = Vec::new();
             while end < candidates.len() && (end == start || rows.len() + candidates[end].len() <= MAX_ROWS) {
                 let dec_in = if candidates[end].is_empty() { Vec::new() } else { self.decoder_input(&candidates[end]) };
-                rows.seq.extend(std::iter::repeat(end as u32).take(dec_in.len()));
+                rows.seq.resize(rows.seq.len() + dec_in.len(), end as u32);
                 rows.pos.extend(0..dec_in.len());
                 tokens.extend(dec_in);
                 end += 1;
