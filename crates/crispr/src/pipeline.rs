@@ -91,11 +91,11 @@ impl RunConfig {
         match name {
             "quick" => Ok(base(
                 AttributionConfig { samples: 8, seeds: vec![2026], instructions: 3, settings: Settings::default() },
-                SearchConfig { lo: 0, hi: 48, final_width: 4, dev_limit: 24, instructions: 2, seed: 0 },
+                SearchConfig { lo: 0, hi: 48, final_width: 4, dev_limit: 16, instructions: 2, seed: 0 },
                 TestConfig {
-                    limit: 60,
+                    limit: 32,
                     instructions: 2,
-                    retain_limit: 12,
+                    retain_limit: 8,
                     retain_instructions: 2,
                     random_seeds: vec![1, 2],
                     seed: 0,
