@@ -389,6 +389,29 @@ fn svg_placement(r: &RunResult) -> String {
     s
 }
 
+/// CSS class of a Δ cell: `pos` when CRISPR improved on the original (higher accuracy, or a bias
+/// score closer to 0), `neg` when it got worse.
+fn delta_class(row: &[String; 6]) -> &'static str {
+    let parse = |x: &str| x.split_whitespace().next().and_then(|v| v.parse::<f64>().ok());
+    match (parse(&row[2]), parse(&row[3])) {
+        (Some(o), Some(c)) if row[1].starts_with("bias") && c.abs() != o.abs() => {
+            if c.abs() < o.abs() {
+                "pos"
+            } else {
+                "neg"
+            }
+        }
+        (Some(o), Some(c)) if !row[1].starts_with("bias") && c != o => {
+            if c > o {
+                "pos"
+            } else {
+                "neg"
+            }
+        }
+        _ => "",
+    }
+}
+
 pub fn html(r: &RunResult) -> String {
     let mut s = String::new();
     let model_name = r.model.get("path").and_then(Value::as_str).unwrap_or("model");
@@ -416,13 +439,7 @@ td:first-child,td:nth-child(2),th:first-child{{text-align:left}}code{{background
     );
     let _ = write!(s, "<h2>Test results</h2><p>Mean ± std over instructions; random pruning: same n, mean over {} seeds.</p><table><tr><th>task</th><th>metric</th><th>original</th><th>CRISPR</th><th>random</th><th>Δ CRISPR</th></tr>", r.config.test.random_seeds.len());
     for row in summary_rows(r) {
-        let cls = if row[5].starts_with('+') {
-            "pos"
-        } else if row[5].starts_with('-') {
-            "neg"
-        } else {
-            ""
-        };
+        let cls = delta_class(&row);
         let _ = write!(
             s,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{cls}\">{}</td></tr>",
@@ -452,4 +469,22 @@ td:first-child,td:nth-child(2),th:first-child{{text-align:left}}code{{background
     }
     s.push_str("</ul><p>Replay: <code>crispr run --config config.toml --out DIR</code>. All numbers come from <code>metrics.json</code> in this directory.</p></body></html>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(metric: &str, o: &str, c: &str) -> [String; 6] {
+        ["t".into(), metric.into(), o.into(), c.into(), "–".into(), "x".into()]
+    }
+
+    #[test]
+    fn delta_colour_means_improvement() {
+        assert_eq!(delta_class(&row("accuracy", "29.7 ± 7.8", "35.9 ± 4.7")), "pos");
+        assert_eq!(delta_class(&row("accuracy", "62.5 ± 0.0", "37.5 ± 0.0")), "neg");
+        assert_eq!(delta_class(&row("bias score ambiguous", "-13.9", "25.0")), "neg");
+        assert_eq!(delta_class(&row("bias score disambiguated", "27.9", "-20.5")), "pos");
+        assert_eq!(delta_class(&row("accuracy", "25.0 ± 0.0", "25.0 ± 0.0")), "");
+    }
 }
