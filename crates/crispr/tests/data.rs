@@ -2,27 +2,17 @@
 //! data folder (`$CRISPR_DATA_DIR`, else a `shared/data` next to an ancestor of this crate).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::data_dir;
 
 use crispr::data::instructions::{flan_default_ids, PAPER_PROMPT_FORMAT};
 use crispr::data::split::sample_indices;
 use crispr::data::{
     default_instructions, glue, load_instructions, load_task, resolve_data_dir, split_indices, Split, Task, TaskKind,
 };
-
-fn data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CRISPR_DATA_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in manifest.ancestors() {
-        let cand = dir.join("shared").join("data");
-        if cand.join("README.md").is_file() {
-            return cand;
-        }
-    }
-    panic!("shared data not found: set CRISPR_DATA_DIR or place shared/ beside the repository clone");
-}
 
 fn load(spec: &str) -> Task {
     load_task(spec, &data_dir()).unwrap_or_else(|e| panic!("{spec}: {e}"))

@@ -2,27 +2,17 @@
 //! summaries, `metrics.json` and calibration.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
+
+use common::data_dir;
 
 use crispr::data::{load_task, match_generation, match_generation_prefix, BbqInfo, Example, Task, TaskKind};
 use crispr::metrics::{
     calibrate, cc_content_free, dc_content_free, instruction_metrics, mean_content_free, mean_std, metrics_json,
     summarize, summarize_with, InstructionMetrics, Outcome,
 };
-
-fn data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CRISPR_DATA_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in manifest.ancestors() {
-        let cand = dir.join("shared").join("data");
-        if cand.join("README.md").is_file() {
-            return cand;
-        }
-    }
-    panic!("shared data not found: set CRISPR_DATA_DIR or place shared/ beside the repository clone");
-}
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9

@@ -22,19 +22,7 @@ use crispr::score::{encode, PromptStyle};
 use crispr::weights::{NamedSource, SafetensorsSource};
 use serde_json::Value as Json;
 
-fn data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CRISPR_DATA_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in manifest.ancestors() {
-        let cand = dir.join("shared").join("data");
-        if cand.join("tokenizers/t5/tokenizer.json").is_file() {
-            return cand;
-        }
-    }
-    panic!("shared data not found: set CRISPR_DATA_DIR or place shared/ beside the repository clone");
-}
+use common::data_dir;
 
 fn tokenizer_json() -> PathBuf {
     data_dir().join("tokenizers").join("t5").join("tokenizer.json")
