@@ -101,3 +101,74 @@ fn biasneuron_compat_matches_reference() {
 fn ffn_universe_matches_reference() {
     check(Settings { universe: Universe::Ffn, ..Settings::default() }, "default_ffn");
 }
+
+/// The tiny original-T5 model of the T5 fixtures (deterministic weights) and the instances of
+/// scripts/reference_crispr_t5.py.
+fn t5_setup() -> (crispr::model::t5::T5Model<f32>, Vec<Vec<Instance>>) {
+    let fix = common::fixtures();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fix.join("t5").join("expected.json")).unwrap()).unwrap();
+    let inputs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fix.join("attribution").join("t5.json")).unwrap()).unwrap();
+    let key = inputs["config"].as_str().unwrap();
+    let cfg =
+        crispr::model::t5::T5Config::from_json(std::path::Path::new("config.json"), &meta["models"][key]["config"])
+            .unwrap();
+    let model = crispr::model::t5::synthetic::model(&cfg, inputs["seed"].as_u64().unwrap()).unwrap();
+    let ids = |x: &serde_json::Value| -> Vec<u32> {
+        x.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
+    };
+    let instructions = inputs["instructions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|items| {
+            items
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|it| Instance {
+                    prompt: ids(&it["prompt_ids"]),
+                    candidates: it["candidate_ids"].as_array().unwrap().iter().map(ids).collect(),
+                    gold: it["gold"].as_u64().unwrap() as usize,
+                })
+                .collect()
+        })
+        .collect();
+    (model, instructions)
+}
+
+fn check_t5(settings: Settings, fixture: &str) {
+    let (model, instructions) = t5_setup();
+    let per: Vec<Scores> =
+        instructions.iter().map(|items| attribute_instruction(&model, items, &settings, &mut |_| {})).collect();
+    let scores = Scores::mean(&per).unwrap();
+    let want = read_f64(&common::fixtures().join("attribution").join(format!("t5_{fixture}.safetensors")));
+    let scale = want.values().flatten().fold(0f64, |m, x| m.max(x.abs()));
+    let mut worst = 0f64;
+    let mut expected_flat = Vec::new();
+    for (i, s) in model.sites().iter().enumerate().filter(|(_, s)| s.universe == Universe::Linear) {
+        let w = &want[&s.name];
+        assert_eq!(w.len(), scores.per_site[i].len(), "{}", s.name);
+        for (r, (&a, &b)) in scores.per_site[i].iter().zip(w).enumerate() {
+            worst = worst.max((a - b).abs() / scale);
+            expected_flat.push((i, r, b));
+        }
+    }
+    assert!(worst <= 1e-4, "t5 {fixture}: worst relative difference {worst:e}");
+    expected_flat.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+    let ours: Vec<(usize, usize)> = scores.ranked().iter().take(50).map(|x| (x.0, x.1)).collect();
+    let theirs: Vec<(usize, usize)> = expected_flat.iter().take(50).map(|x| (x.0, x.1)).collect();
+    assert_eq!(ours, theirs, "t5 {fixture}: top-50 ranking");
+    eprintln!("t5 {fixture}: worst relative difference {worst:e}");
+}
+
+#[test]
+fn t5_default_settings_match_reference() {
+    check_t5(Settings::default(), "default_linear");
+}
+
+#[test]
+fn t5_biasneuron_compat_matches_reference() {
+    check_t5(Settings::biasneuron(Universe::Linear), "compat_linear");
+}
