@@ -21,9 +21,8 @@ fn read_f64(path: &std::path::Path) -> HashMap<String, Vec<f64>> {
         .collect()
 }
 
-fn instructions() -> Vec<Vec<Instance>> {
-    let path = common::fixtures().join("attribution").join("llama.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+/// `{"instructions": [[{"prompt_ids", "candidate_ids", "gold"}, …], …]}` as instances.
+fn parse_instances(v: &serde_json::Value) -> Vec<Vec<Instance>> {
     let ids = |x: &serde_json::Value| -> Vec<u32> {
         x.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
     };
@@ -46,22 +45,28 @@ fn instructions() -> Vec<Vec<Instance>> {
         .collect()
 }
 
-fn check(settings: Settings, fixture: &str) {
-    let (model, _) = crispr::loader::load_llama(&common::fixtures().join("tiny").join("llama")).unwrap();
-    let per_instruction: Vec<Scores> =
-        instructions().iter().map(|items| attribute_instruction(&model, items, &settings, &mut |_| {})).collect();
-    let scores = Scores::mean(&per_instruction).unwrap();
-    let want = read_f64(&common::fixtures().join("attribution").join(format!("llama_{fixture}.safetensors")));
-    let sites = model.sites();
+fn read_json(name: &str) -> serde_json::Value {
+    let path = common::fixtures().join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Attribute every instruction, average, and compare with the reference scores in `fixture`:
+/// every score within 1e-4 of the largest, identical top-50 ranking.
+fn compare(model: &dyn LanguageModel<f32>, instructions: &[Vec<Instance>], settings: &Settings, fixture: &str) {
+    let per: Vec<Scores> =
+        instructions.iter().map(|items| attribute_instruction(model, items, settings, &mut |_| {})).collect();
+    let scores = Scores::mean(&per).unwrap();
+    let want = read_f64(&common::fixtures().join("attribution").join(format!("{fixture}.safetensors")));
     let scale = want.values().flatten().fold(0f64, |m, x| m.max(x.abs()));
     let mut worst = 0f64;
     let mut expected_flat = Vec::new();
-    for (i, s) in sites.iter().enumerate() {
+    for (i, s) in model.sites().iter().enumerate() {
         if s.universe != settings.universe {
             assert!(scores.per_site[i].is_empty());
             continue;
         }
         let w = &want[&s.name];
+        assert_eq!(w.len(), scores.per_site[i].len(), "{}", s.name);
         for (r, (&a, &b)) in scores.per_site[i].iter().zip(w).enumerate() {
             worst = worst.max((a - b).abs() / scale);
             expected_flat.push((i, r, b));
@@ -73,6 +78,11 @@ fn check(settings: Settings, fixture: &str) {
     let theirs: Vec<(usize, usize)> = expected_flat.iter().take(50).map(|x| (x.0, x.1)).collect();
     assert_eq!(ours, theirs, "{fixture}: top-50 ranking");
     eprintln!("{fixture}: worst relative difference {worst:e}");
+}
+
+fn check(settings: Settings, fixture: &str) {
+    let (model, _) = crispr::loader::load_llama(&common::fixtures().join("tiny").join("llama")).unwrap();
+    compare(&model, &parse_instances(&read_json("attribution/llama.json")), &settings, &format!("llama_{fixture}"));
 }
 
 #[test]
@@ -102,65 +112,17 @@ fn ffn_universe_matches_reference() {
     check(Settings { universe: Universe::Ffn, ..Settings::default() }, "default_ffn");
 }
 
-/// The tiny original-T5 model of the T5 fixtures (deterministic weights) and the instances of
+/// The tiny original-T5 model of the T5 fixtures (deterministic weights), on the instances of
 /// scripts/reference_crispr_t5.py.
-fn t5_setup() -> (crispr::model::t5::T5Model<f32>, Vec<Vec<Instance>>) {
-    let fix = common::fixtures();
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fix.join("t5").join("expected.json")).unwrap()).unwrap();
-    let inputs: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fix.join("attribution").join("t5.json")).unwrap()).unwrap();
+fn check_t5(settings: Settings, fixture: &str) {
+    let meta = read_json("t5/expected.json");
+    let inputs = read_json("attribution/t5.json");
     let key = inputs["config"].as_str().unwrap();
     let cfg =
         crispr::model::t5::T5Config::from_json(std::path::Path::new("config.json"), &meta["models"][key]["config"])
             .unwrap();
     let model = crispr::model::t5::synthetic::model(&cfg, inputs["seed"].as_u64().unwrap()).unwrap();
-    let ids = |x: &serde_json::Value| -> Vec<u32> {
-        x.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()
-    };
-    let instructions = inputs["instructions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|items| {
-            items
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|it| Instance {
-                    prompt: ids(&it["prompt_ids"]),
-                    candidates: it["candidate_ids"].as_array().unwrap().iter().map(ids).collect(),
-                    gold: it["gold"].as_u64().unwrap() as usize,
-                })
-                .collect()
-        })
-        .collect();
-    (model, instructions)
-}
-
-fn check_t5(settings: Settings, fixture: &str) {
-    let (model, instructions) = t5_setup();
-    let per: Vec<Scores> =
-        instructions.iter().map(|items| attribute_instruction(&model, items, &settings, &mut |_| {})).collect();
-    let scores = Scores::mean(&per).unwrap();
-    let want = read_f64(&common::fixtures().join("attribution").join(format!("t5_{fixture}.safetensors")));
-    let scale = want.values().flatten().fold(0f64, |m, x| m.max(x.abs()));
-    let mut worst = 0f64;
-    let mut expected_flat = Vec::new();
-    for (i, s) in model.sites().iter().enumerate().filter(|(_, s)| s.universe == Universe::Linear) {
-        let w = &want[&s.name];
-        assert_eq!(w.len(), scores.per_site[i].len(), "{}", s.name);
-        for (r, (&a, &b)) in scores.per_site[i].iter().zip(w).enumerate() {
-            worst = worst.max((a - b).abs() / scale);
-            expected_flat.push((i, r, b));
-        }
-    }
-    assert!(worst <= 1e-4, "t5 {fixture}: worst relative difference {worst:e}");
-    expected_flat.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
-    let ours: Vec<(usize, usize)> = scores.ranked().iter().take(50).map(|x| (x.0, x.1)).collect();
-    let theirs: Vec<(usize, usize)> = expected_flat.iter().take(50).map(|x| (x.0, x.1)).collect();
-    assert_eq!(ours, theirs, "t5 {fixture}: top-50 ranking");
-    eprintln!("t5 {fixture}: worst relative difference {worst:e}");
+    compare(&model, &parse_instances(&inputs), &settings, &format!("t5_{fixture}"));
 }
 
 #[test]
