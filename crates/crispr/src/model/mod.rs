@@ -2,6 +2,7 @@
 
 pub mod linear;
 pub mod llama;
+pub mod ops;
 pub mod t5;
 
 use std::fmt;

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
-use crate::model::llama::{rms_norm, rms_norm_backward, softmax_in_place};
+use crate::model::ops::{rms_norm, rms_norm_backward, softmax_in_place};
 use crate::model::{CandidateGradVisitor, Family, LanguageModel, Linear, SiteInfo, Universe};
 pub use crate::model::{ForwardHook, GradVisitor};
 use crate::score::{argmax, log_prob_of};
