@@ -187,6 +187,23 @@ fn check_model(key: &str) {
     let lp_err = got.iter().zip(&want).fold(0f64, |a, (g, w)| a.max((g - w).abs()));
     assert!(lp_err <= 1e-4, "{key}: log-probabilities {got:?} vs transformers {want:?}");
 
+    // Packed with prompts of other lengths (the batched path evaluation takes), every prompt
+    // scores as it does alone: attention never crosses prompts, cross-attention reads the right
+    // encoder rows.
+    let short: Vec<u32> = prompt[prompt.len() / 2..].to_vec();
+    let reversed: Vec<u32> = prompt[..prompt.len() - 1].iter().rev().copied().chain([1]).collect();
+    let few = cands[..2].to_vec();
+    let items: Vec<(&[u32], &[Vec<u32>])> =
+        vec![(&short, &few), (&prompt, &cands), (&reversed, &cands), (&prompt, &few)];
+    let packed = model.score_many(&items);
+    for (i, ((p, c), lps)) in items.iter().zip(&packed).enumerate() {
+        let alone = model.score(p, c);
+        let err = lps.iter().zip(&alone).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+        assert!(err <= 1e-5, "{key}: packed prompt {i} scores {lps:?}, alone {alone:?}");
+    }
+    let packed_err = packed[1].iter().zip(&want).fold(0f64, |a, (g, w)| a.max((g - w).abs()));
+    assert!(packed_err <= 1e-4, "{key}: packed log-probabilities {:?} vs transformers {want:?}", packed[1]);
+
     let stop = loaded.stop_tokens();
     assert_eq!(stop, vec![1], "{key}: generation stops at </s>");
     let gen = model.generate(&prompt, 16, &stop);

@@ -17,6 +17,7 @@
 //! id and a position; attention never crosses sequences), so all candidates of a prompt are scored
 //! in one decoder pass over cross-attention keys and values computed once.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -462,6 +463,31 @@ impl Rows {
     }
 }
 
+/// One attention problem of a packed batch: the query rows `q` attend to the key rows `k`, with
+/// an additive bias `[heads × q.len() × k.len()]` (`None`: no bias, every key visible). Packing
+/// several sequences as separate segments keeps attention from crossing them without computing
+/// (and masking) the attention between them.
+struct Segment<'a, F> {
+    q: Range<usize>,
+    k: Range<usize>,
+    bias: Option<&'a [F]>,
+}
+
+/// A decoder block's cross-attention keys and values `[encoder rows × inner]` and the segments
+/// that read them.
+struct CrossInput<'a, F> {
+    k: &'a [F],
+    v: &'a [F],
+    segments: &'a [Segment<'a, F>],
+}
+
+/// A prompt's share of a packed decoder batch: its decoder rows (`rows` numbers them per
+/// candidate; attention never crosses candidates) and the encoder rows they cross-attend to.
+struct DecoderPart {
+    rows: Rows,
+    enc: Range<usize>,
+}
+
 /// Self-attention keys and values of the decoder positions generated so far, per block.
 #[derive(Clone, Debug, Default)]
 pub struct DecoderCache<F> {
@@ -691,49 +717,58 @@ impl<F: Float> T5Model<F> {
         out
     }
 
-    /// Per head: `softmax(q kᵀ + bias) v` — no 1/√d_kv scaling in T5. `q` is `[n × inner]`, `k`
-    /// and `v` are `[m × inner]`, `bias` `[heads × n × m]` (`None`: no bias, every key visible).
-    /// Returns the concatenated head outputs `[n × inner]` and the probabilities `[heads × n × m]`.
-    fn attention(&self, q: &[F], k: &[F], v: &[F], n: usize, m: usize, bias: Option<&[F]>) -> (Vec<F>, Vec<F>) {
+    /// Per segment and head: `softmax(q kᵀ + bias) v` — no 1/√d_kv scaling in T5. `q` is
+    /// `[rows × inner]`, `k` and `v` are `[key rows × inner]`; each segment names the query rows
+    /// and the key rows that see each other. Returns the concatenated head outputs `[rows × inner]`
+    /// (rows outside every segment stay zero) and, when `keep_probs`, the probabilities of every
+    /// segment in turn, each `[heads × queries × keys]`.
+    fn attention(&self, q: &[F], k: &[F], v: &[F], segments: &[Segment<'_, F>], keep_probs: bool) -> (Vec<F>, Vec<F>) {
         let (nh, hd) = (self.cfg.num_heads, self.cfg.d_kv);
         let inner = nh * hd;
-        let per_head: Vec<(Vec<F>, Vec<F>)> = (0..nh)
-            .into_par_iter()
-            .map(|h| {
-                let mut s = match bias {
+        let jobs: Vec<(usize, usize)> = (0..segments.len()).flat_map(|s| (0..nh).map(move |h| (s, h))).collect();
+        let per_job: Vec<(Vec<F>, Vec<F>)> = jobs
+            .par_iter()
+            .map(|&(s, h)| {
+                let seg = &segments[s];
+                let (n, m) = (seg.q.len(), seg.k.len());
+                let mut sc = match seg.bias {
                     Some(b) => b[h * n * m..(h + 1) * n * m].to_vec(),
                     None => vec![F::ZERO; n * m],
                 };
                 matmul_serial(
-                    MatMut::rows(&mut s, n, m),
-                    Mat::strided(q, h * hd, n, hd, inner, 1),
-                    Mat::strided(k, h * hd, m, hd, inner, 1).transpose(),
+                    MatMut::rows(&mut sc, n, m),
+                    Mat::strided(q, seg.q.start * inner + h * hd, n, hd, inner, 1),
+                    Mat::strided(k, seg.k.start * inner + h * hd, m, hd, inner, 1).transpose(),
                     F::ONE,
                     true,
                 );
                 if m > 0 {
-                    for row in s.chunks_exact_mut(m) {
+                    for row in sc.chunks_exact_mut(m) {
                         softmax_in_place(row);
                     }
                 }
                 let mut out = vec![F::ZERO; n * hd];
                 matmul_serial(
                     MatMut::rows(&mut out, n, hd),
-                    Mat::rows(&s, n, m),
-                    Mat::strided(v, h * hd, m, hd, inner, 1),
+                    Mat::rows(&sc, n, m),
+                    Mat::strided(v, seg.k.start * inner + h * hd, m, hd, inner, 1),
                     F::ONE,
                     false,
                 );
-                (out, s)
+                (out, sc)
             })
             .collect();
-        let mut ctx = vec![F::ZERO; n * inner];
-        let mut probs = Vec::with_capacity(nh * n * m);
-        for (h, (out, p)) in per_head.into_iter().enumerate() {
-            for i in 0..n {
-                ctx[i * inner + h * hd..i * inner + (h + 1) * hd].copy_from_slice(&out[i * hd..(i + 1) * hd]);
+        let mut ctx = vec![F::ZERO; q.len()];
+        let mut probs = Vec::new();
+        for (&(s, h), (out, p)) in jobs.iter().zip(per_job) {
+            let q0 = segments[s].q.start;
+            for (i, o) in out.chunks_exact(hd).enumerate() {
+                let r = (q0 + i) * inner + h * hd;
+                ctx[r..r + hd].copy_from_slice(o);
             }
-            probs.extend_from_slice(&p);
+            if keep_probs {
+                probs.extend_from_slice(&p);
+            }
         }
         (ctx, probs)
     }
@@ -815,9 +850,11 @@ impl<F: Float> T5Model<F> {
         (dq, dk, dv)
     }
 
-    /// One block over `n` rows of `x` (updated in place).
-    /// `self_cache`: append this block's keys/values to it and attend over all of it (generation);
-    /// `cross`: the encoder-side keys and values of this block (decoder only).
+    /// One block over `n` rows of `x` (updated in place); self-attention within `self_segments`.
+    /// `self_cache`: append this block's keys/values to it and attend over all of it (generation;
+    /// the segments' key rows index the cache); `cross`: the encoder-side keys and values of this
+    /// block and the segments that read them (decoder only). Without `keep`, the inputs and
+    /// attention probabilities only the backward pass needs are not kept.
     #[allow(clippy::too_many_arguments)]
     fn block_forward(
         &self,
@@ -825,9 +862,10 @@ impl<F: Float> T5Model<F> {
         l: usize,
         x: &mut [F],
         n: usize,
-        bias: &[F],
+        self_segments: &[Segment<'_, F>],
         self_cache: Option<&mut (Vec<F>, Vec<F>)>,
-        cross: Option<(&[F], &[F], usize)>,
+        cross: Option<CrossInput<'_, F>>,
+        keep: bool,
         hook: &mut Option<ForwardHook<'_, F>>,
     ) -> BlockTrace<F> {
         let cfg = &self.cfg;
@@ -835,8 +873,10 @@ impl<F: Float> T5Model<F> {
         let block = &self.stack(kind).blocks[l];
         let id = |p: T5Proj| self.site_index(kind, l, p);
 
+        let keep_input = |x: &[F]| if keep { x.to_vec() } else { Vec::new() };
+
         // Self-attention.
-        let x_in = x.to_vec();
+        let x_in = keep_input(x);
         let (h, inv_rms) = rms_norm(x, &block.self_norm, eps);
         let a = &block.self_attn;
         let mut q = a.q.forward(&h, n);
@@ -849,10 +889,9 @@ impl<F: Float> T5Model<F> {
             Some((kc, vc)) => {
                 kc.extend_from_slice(&k);
                 vc.extend_from_slice(&v);
-                let m = kc.len() / cfg.inner_dim();
-                self.attention(&q, kc, vc, n, m, Some(bias))
+                self.attention(&q, kc, vc, self_segments, keep)
             }
-            None => self.attention(&q, &k, &v, n, n, Some(bias)),
+            None => self.attention(&q, &k, &v, self_segments, keep),
         };
         let mut o = a.o.forward(&ctx, n);
         fire(hook, id(T5Proj::O), &mut o);
@@ -863,12 +902,12 @@ impl<F: Float> T5Model<F> {
 
         // Cross-attention over the encoder output (keys and values precomputed).
         let cross = match (cross, &block.cross_norm, &block.cross_attn) {
-            (Some((ck, cv, m)), Some(norm), Some(ca)) => {
-                let x_in = x.to_vec();
+            (Some(CrossInput { k: ck, v: cv, segments }), Some(norm), Some(ca)) => {
+                let x_in = keep_input(x);
                 let (h, inv_rms) = rms_norm(x, norm, eps);
                 let mut q = ca.q.forward(&h, n);
                 fire(hook, id(T5Proj::CrossQ), &mut q);
-                let (ctx, probs) = self.attention(&q, ck, cv, n, m, None);
+                let (ctx, probs) = self.attention(&q, ck, cv, segments, keep);
                 let mut o = ca.o.forward(&ctx, n);
                 fire(hook, id(T5Proj::CrossO), &mut o);
                 for (xi, &oi) in x.iter_mut().zip(&o) {
@@ -880,7 +919,7 @@ impl<F: Float> T5Model<F> {
         };
 
         // Feed-forward.
-        let x_in = x.to_vec();
+        let x_in = keep_input(x);
         let (h, inv_rms) = rms_norm(x, &block.ffn_norm, eps);
         let f = &block.ffn;
         let act_fn = cfg.activation;
@@ -919,14 +958,40 @@ impl<F: Float> T5Model<F> {
         BlockTrace { attn, cross, ffn: FfnTrace { x_in, inv_rms, wi_0, wi_1, terms, act, wo } }
     }
 
-    /// The encoder over `tokens`, keeping what the backward pass needs.
+    /// The encoder over one sequence, keeping what the backward pass needs.
     fn run_encoder(&self, tokens: &[u32], hook: &mut Option<ForwardHook<'_, F>>) -> StackTrace<F> {
+        self.run_encoder_packed(tokens, &[tokens.len()], true, hook)
+    }
+
+    /// The encoder over several sequences packed one after another (`lens` gives their lengths):
+    /// every linear layer runs once over all rows, attention stays within each sequence.
+    fn run_encoder_packed(
+        &self,
+        tokens: &[u32],
+        lens: &[usize],
+        keep: bool,
+        hook: &mut Option<ForwardHook<'_, F>>,
+    ) -> StackTrace<F> {
         let n = tokens.len();
+        debug_assert_eq!(lens.iter().sum::<usize>(), n, "sequence lengths cover the tokens");
         let mut x = self.embed(tokens);
-        let rows = Rows::single(0, n);
-        let bias = self.position_bias(StackKind::Encoder, &rows, &rows);
+        // The bias depends only on a sequence's length: one per distinct length.
+        let mut biases: Vec<(usize, Vec<F>)> = Vec::new();
+        for &len in lens {
+            if !biases.iter().any(|(l, _)| *l == len) {
+                let rows = Rows::single(0, len);
+                biases.push((len, self.position_bias(StackKind::Encoder, &rows, &rows)));
+            }
+        }
+        let mut segments = Vec::with_capacity(lens.len());
+        let mut start = 0;
+        for &len in lens {
+            let bias = &biases.iter().find(|(l, _)| *l == len).expect("bias computed for every length").1;
+            segments.push(Segment { q: start..start + len, k: start..start + len, bias: Some(bias.as_slice()) });
+            start += len;
+        }
         let blocks = (0..self.cfg.num_layers)
-            .map(|l| self.block_forward(StackKind::Encoder, l, &mut x, n, &bias, None, None, hook))
+            .map(|l| self.block_forward(StackKind::Encoder, l, &mut x, n, &segments, None, None, keep, hook))
             .collect();
         let (out, inv) = rms_norm(&x, &self.encoder.final_norm, self.cfg.layer_norm_epsilon);
         StackTrace { blocks, final_in: x, final_inv_rms: inv, out }
@@ -934,7 +999,7 @@ impl<F: Float> T5Model<F> {
 
     /// Encoder output (after the final norm), `[tokens × d_model]`.
     pub fn encode(&self, tokens: &[u32]) -> Vec<F> {
-        self.run_encoder(tokens, &mut None).out
+        self.run_encoder_packed(tokens, &[tokens.len()], false, &mut None).out
     }
 
     /// Cross-attention keys and values of every decoder block, `[m × inner]` each, from the encoder
@@ -952,23 +1017,42 @@ impl<F: Float> T5Model<F> {
             .collect()
     }
 
-    /// The decoder over `tokens` laid out as `rows`; with a cache, the rows continue the cached
-    /// sequence (one sequence only).
+    /// The decoder over `tokens`: the rows of `parts` one after another, each part
+    /// cross-attending to its own encoder rows. With a cache (one part only), the rows continue
+    /// the cached sequence.
     fn run_decoder(
         &self,
         tokens: &[u32],
-        rows: &Rows,
+        parts: &[DecoderPart],
         cross: &[(Vec<F>, Vec<F>)],
-        m: usize,
         mut cache: Option<&mut DecoderCache<F>>,
+        keep: bool,
         hook: &mut Option<ForwardHook<'_, F>>,
     ) -> StackTrace<F> {
         let n = tokens.len();
+        debug_assert_eq!(parts.iter().map(|p| p.rows.len()).sum::<usize>(), n, "parts cover the tokens");
+        debug_assert!(cache.is_none() || parts.len() == 1, "a cache continues one sequence");
         let mut x = self.embed(tokens);
-        let bias = match cache.as_deref() {
-            Some(c) => self.position_bias(StackKind::Decoder, rows, &Rows::single(0, c.len + n)),
-            None => self.position_bias(StackKind::Decoder, rows, rows),
-        };
+        let biases: Vec<Vec<F>> = parts
+            .iter()
+            .map(|p| match cache.as_deref() {
+                Some(c) => self.position_bias(StackKind::Decoder, &p.rows, &Rows::single(0, c.len + n)),
+                None => self.position_bias(StackKind::Decoder, &p.rows, &p.rows),
+            })
+            .collect();
+        let mut self_segments = Vec::with_capacity(parts.len());
+        let mut cross_segments = Vec::with_capacity(parts.len());
+        let mut start = 0;
+        for (p, bias) in parts.iter().zip(&biases) {
+            let q = start..start + p.rows.len();
+            let k = match cache.as_deref() {
+                Some(c) => 0..c.len + n,
+                None => q.clone(),
+            };
+            self_segments.push(Segment { q: q.clone(), k, bias: Some(bias.as_slice()) });
+            cross_segments.push(Segment { q, k: p.enc.clone(), bias: None });
+            start += p.rows.len();
+        }
         let mut blocks = Vec::with_capacity(self.cfg.num_decoder_layers);
         for (l, (ck, cv)) in cross.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
@@ -977,9 +1061,10 @@ impl<F: Float> T5Model<F> {
                 l,
                 &mut x,
                 n,
-                &bias,
+                &self_segments,
                 layer_cache,
-                Some((ck, cv, m)),
+                Some(CrossInput { k: ck, v: cv, segments: &cross_segments }),
+                keep,
                 hook,
             ));
         }
@@ -1022,7 +1107,8 @@ impl<F: Float> T5Model<F> {
         let m = prompt.len();
         let cross = self.cross_kv(&enc, m, &mut None);
         let rows = Rows::single(0, decoder_input.len());
-        let dec = self.run_decoder(decoder_input, &rows, &cross, m, None, &mut None);
+        let parts = [DecoderPart { rows, enc: 0..m }];
+        let dec = self.run_decoder(decoder_input, &parts, &cross, None, false, &mut None);
         self.logits(&dec.out, decoder_input.len())
     }
 
@@ -1154,7 +1240,8 @@ impl<F: Float> T5Model<F> {
         let m = enc.out.len() / d;
         let n = candidate.len();
         let dec_in = self.decoder_input(candidate);
-        let dec = self.run_decoder(&dec_in, &Rows::single(0, n), cross, m, None, hook);
+        let parts = [DecoderPart { rows: Rows::single(0, n), enc: 0..m }];
+        let dec = self.run_decoder(&dec_in, &parts, cross, None, true, hook);
         let logits = self.logits(&dec.out, n);
         let total =
             candidate.iter().enumerate().map(|(i, &t)| log_prob_of(&logits[i * vocab..(i + 1) * vocab], t)).sum();
@@ -1194,37 +1281,94 @@ impl<F: Float> T5Model<F> {
     /// Log-probability of every candidate: the encoder runs once, the cross-attention keys and
     /// values are computed once, and the candidates go through the decoder packed together.
     pub fn score_candidates(&self, prompt: &[u32], candidates: &[Vec<u32>]) -> Vec<f64> {
-        let enc = self.encode(prompt);
-        let cross = self.cross_kv(&enc, prompt.len(), &mut None);
-        self.score_packed(&cross, prompt.len(), candidates)
+        self.score_batch(&[(prompt, candidates)]).pop().unwrap_or_default()
     }
 
-    /// Candidate log-probabilities over precomputed cross-attention keys and values of `m` encoder
-    /// rows, the candidates packed into as few decoder passes as possible.
-    fn score_packed(&self, cross: &[(Vec<F>, Vec<F>)], m: usize, candidates: &[Vec<u32>]) -> Vec<f64> {
-        // Rows per decoder pass: bounds the packed attention matrices and the logits buffer.
-        const MAX_ROWS: usize = 256;
-        let vocab = self.cfg.vocab_size;
-        let mut out = vec![0.0; candidates.len()];
+    /// Log-probabilities of every candidate of every prompt. Prompts are packed into batches of at
+    /// most `MAX_ENCODER_ROWS` encoder rows: a batch's encoder and cross-attention keys and values
+    /// run once over all its rows (a few large matrix products instead of many small ones, which
+    /// run far below the CPU's peak), then all its candidates go through the decoder packed
+    /// together. Every number equals scoring the prompts one by one.
+    pub fn score_batch(&self, items: &[(&[u32], &[Vec<u32>])]) -> Vec<Vec<f64>> {
+        const MAX_ENCODER_ROWS: usize = 2048;
+        let mut out = Vec::with_capacity(items.len());
         let mut start = 0;
-        while start < candidates.len() {
-            let mut end = start;
-            let mut rows = Rows::default();
-            let mut tokens = Vec::new();
-            while end < candidates.len() && (end == start || rows.len() + candidates[end].len() <= MAX_ROWS) {
-                let dec_in = if candidates[end].is_empty() { Vec::new() } else { self.decoder_input(&candidates[end]) };
-                rows.seq.resize(rows.seq.len() + dec_in.len(), end as u32);
-                rows.pos.extend(0..dec_in.len());
-                tokens.extend(dec_in);
+        while start < items.len() {
+            let (mut end, mut rows) = (start, 0);
+            while end < items.len() && (end == start || rows + items[end].0.len() <= MAX_ENCODER_ROWS) {
+                rows += items[end].0.len();
                 end += 1;
             }
+            let batch = &items[start..end];
+            let lens: Vec<usize> = batch.iter().map(|(p, _)| p.len()).collect();
+            let tokens: Vec<u32> = batch.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+            let enc = self.run_encoder_packed(&tokens, &lens, false, &mut None).out;
+            let cross = self.cross_kv(&enc, tokens.len(), &mut None);
+            let mut enc_start = 0;
+            let prompts: Vec<(Range<usize>, &[Vec<u32>])> = batch
+                .iter()
+                .map(|(p, c)| {
+                    enc_start += p.len();
+                    (enc_start - p.len()..enc_start, *c)
+                })
+                .collect();
+            out.extend(self.score_packed(&cross, &prompts));
+            start = end;
+        }
+        out
+    }
+
+    /// Candidate log-probabilities over precomputed cross-attention keys and values: for each
+    /// prompt, its encoder rows and its candidates. All candidates are packed into as few decoder
+    /// passes as possible.
+    fn score_packed(&self, cross: &[(Vec<F>, Vec<F>)], prompts: &[(Range<usize>, &[Vec<u32>])]) -> Vec<Vec<f64>> {
+        // Rows per decoder pass: bounds the logits buffer.
+        const MAX_ROWS: usize = 512;
+        let vocab = self.cfg.vocab_size;
+        let mut out: Vec<Vec<f64>> = prompts.iter().map(|(_, c)| vec![0.0; c.len()]).collect();
+        let all: Vec<(usize, usize)> =
+            prompts.iter().enumerate().flat_map(|(p, (_, c))| (0..c.len()).map(move |j| (p, j))).collect();
+        let candidate = |(p, j): (usize, usize)| &prompts[p].1[j];
+        let mut start = 0;
+        while start < all.len() {
+            let (mut end, mut rows) = (start, 0);
+            while end < all.len() && (end == start || rows + candidate(all[end]).len() <= MAX_ROWS) {
+                rows += candidate(all[end]).len();
+                end += 1;
+            }
+            let mut parts: Vec<DecoderPart> = Vec::new();
+            let mut tokens = Vec::with_capacity(rows);
+            for &(p, j) in &all[start..end] {
+                let c = candidate((p, j));
+                if c.is_empty() {
+                    continue;
+                }
+                let enc = prompts[p].0.clone();
+                let part = match parts.last_mut() {
+                    Some(part) if part.enc == enc => part,
+                    _ => {
+                        parts.push(DecoderPart { rows: Rows::default(), enc });
+                        parts.last_mut().expect("just pushed")
+                    }
+                };
+                let dec_in = self.decoder_input(c);
+                part.rows.seq.resize(part.rows.seq.len() + dec_in.len(), j as u32);
+                part.rows.pos.extend(0..dec_in.len());
+                tokens.extend(dec_in);
+            }
             if !tokens.is_empty() {
-                let dec = self.run_decoder(&tokens, &rows, cross, m, None, &mut None);
+                let dec = self.run_decoder(&tokens, &parts, cross, None, false, &mut None);
                 let logits = self.logits(&dec.out, tokens.len());
+                let targets: Vec<u32> = all[start..end].iter().flat_map(|&pj| candidate(pj).iter().copied()).collect();
+                let row_lps: Vec<f64> = targets
+                    .par_iter()
+                    .enumerate()
+                    .map(|(r, &t)| log_prob_of(&logits[r * vocab..(r + 1) * vocab], t))
+                    .collect();
                 let mut r = 0;
-                for (c, slot) in candidates[start..end].iter().zip(&mut out[start..end]) {
-                    for &t in c {
-                        *slot += log_prob_of(&logits[r * vocab..(r + 1) * vocab], t);
+                for &(p, j) in &all[start..end] {
+                    for _ in candidate((p, j)) {
+                        out[p][j] += row_lps[r];
                         r += 1;
                     }
                 }
@@ -1246,7 +1390,8 @@ impl<F: Float> T5Model<F> {
         let mut next = self.cfg.decoder_start_token_id;
         while out.len() < max_new {
             let rows = Rows::single(cache.len, 1);
-            let dec = self.run_decoder(&[next], &rows, &cross, m, Some(&mut cache), &mut None);
+            let parts = [DecoderPart { rows, enc: 0..m }];
+            let dec = self.run_decoder(&[next], &parts, &cross, Some(&mut cache), false, &mut None);
             let logits = self.logits(&dec.out, 1);
             next = argmax(&logits[..vocab]) as u32;
             out.push(next);
@@ -1408,6 +1553,10 @@ impl<F: Float> LanguageModel<F> for T5Model<F> {
         self.score_candidates(prompt, candidates)
     }
 
+    fn score_many(&self, items: &[(&[u32], &[Vec<u32>])]) -> Vec<Vec<f64>> {
+        self.score_batch(items)
+    }
+
     fn logprob_with_grads(
         &self,
         prompt: &[u32],
@@ -1434,7 +1583,7 @@ impl<F: Float> LanguageModel<F> for T5Model<F> {
     ) -> Vec<f64> {
         let enc = self.run_encoder(prompt, &mut None);
         let cross = self.cross_kv(&enc.out, prompt.len(), &mut None);
-        let logprobs = self.score_packed(&cross, prompt.len(), candidates);
+        let logprobs = self.score_packed(&cross, &[(0..prompt.len(), candidates)]).pop().unwrap_or_default();
         for (k, c) in pick(&logprobs).into_iter().enumerate() {
             if !candidates[c].is_empty() {
                 self.candidate_backward(&enc, &cross, &candidates[c], &mut None, &mut |site, a, g| {
