@@ -279,7 +279,19 @@ fn attribute_prune_eval_chain_on_a_checkpoint() {
     // Evaluating the exported model equals evaluating the in-memory pruned one.
     let e1 = dir.path().join("e1");
     let e2 = dir.path().join("e2");
-    run(&["eval", "--model", pruned.to_str().unwrap(), "--task", "rte", "--limit", "5", "--out", e1.to_str().unwrap()]);
+    let o = run(&[
+        "eval",
+        "--model",
+        pruned.to_str().unwrap(),
+        "--task",
+        "rte",
+        "--limit",
+        "5",
+        "--out",
+        e1.to_str().unwrap(),
+    ]);
+    // stderr is not a terminal here: progress comes as plain lines, the last one at 100 %.
+    assert!(stderr(&o).contains("crispr: eval 50/50 (100 %)"), "{}", stderr(&o));
     run(&[
         "eval",
         "--model",

@@ -1,6 +1,9 @@
 //! Argument groups and helpers shared by several subcommands.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -39,8 +42,25 @@ impl TaskArgs {
     }
 }
 
-/// A progress bar with ETA on stderr (hidden when stderr is not a terminal).
-pub fn progress(len: u64, what: &str) -> ProgressBar {
+/// Progress of a long stage with ETA on stderr: a bar on a terminal; elsewhere (a log file, CI,
+/// nohup) a plain line at most every [`PLAIN_EVERY`] and at the end, so that a log still says how
+/// far a run got and how long the rest will take.
+pub struct Progress {
+    bar: ProgressBar,
+    plain: Option<Mutex<PlainProgress>>,
+}
+
+struct PlainProgress {
+    what: String,
+    len: u64,
+    pos: u64,
+    start: Instant,
+    last: Instant,
+}
+
+const PLAIN_EVERY: Duration = Duration::from_secs(30);
+
+pub fn progress(len: u64, what: &str) -> Progress {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} ETA {eta_precise}")
@@ -48,7 +68,58 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
             .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
-    bar
+    let plain = (!std::io::stderr().is_terminal()).then(|| {
+        let now = Instant::now();
+        Mutex::new(PlainProgress { what: what.to_string(), len, pos: 0, start: now, last: now })
+    });
+    Progress { bar, plain }
+}
+
+impl Progress {
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+        if let Some(p) = &self.plain {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            p.pos += n;
+            if p.last.elapsed() >= PLAIN_EVERY || p.pos == p.len {
+                p.last = Instant::now();
+                eprintln!("{}", p.line());
+            }
+        }
+    }
+
+    /// A message above the bar (or a plain line).
+    pub fn println(&self, msg: impl AsRef<str>) {
+        if self.plain.is_some() {
+            eprintln!("{}", msg.as_ref());
+        } else {
+            self.bar.println(msg.as_ref());
+        }
+    }
+
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl PlainProgress {
+    fn line(&self) -> String {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let pct = if self.len == 0 { 100.0 } else { 100.0 * self.pos as f64 / self.len as f64 };
+        let eta = if self.pos == 0 || self.pos >= self.len {
+            String::new()
+        } else {
+            let left = elapsed / self.pos as f64 * (self.len - self.pos) as f64;
+            format!(", ETA {}", clock(left))
+        };
+        format!("crispr: {} {}/{} ({pct:.0} %), {} elapsed{eta}", self.what, self.pos, self.len, clock(elapsed))
+    }
+}
+
+/// `h:mm:ss`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// `--samples N|all`.

@@ -2,9 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::ProgressBar;
 
-use super::common::progress;
+use super::common::{self, progress};
 use crispr::neurons::atomic_write;
 use crispr::pipeline::{run as run_pipeline, Progress, RunConfig};
 
@@ -34,7 +33,7 @@ pub struct RunArgs {
 }
 
 struct Bars {
-    bar: Option<ProgressBar>,
+    bar: Option<common::Progress>,
 }
 
 impl Progress for Bars {
