@@ -37,6 +37,16 @@ fn t5(c: &mut Criterion) {
     // The encoder alone: most of the scoring cost, for the breakdown.
     group.bench_function("encode_prompt", |b| b.iter(|| model.encode(&prompt)));
     group.bench_function("score_3_candidates", |b| b.iter(|| model.score(&prompt, &cands)));
+    // Ten prompts of 113 tokens (the mean BBQ-Age prompt under the paper's instructions), scored
+    // packed (one encoder and one decoder pass over all of them, as `crispr eval` does) and one
+    // by one.
+    let prompts: Vec<Vec<u32>> =
+        (0..10u32).map(|s| (0..112u32).map(|i| (i * 7919 + 13 + s * 31) % 32000 + 3).chain([1]).collect()).collect();
+    let items: Vec<(&[u32], &[Vec<u32>])> = prompts.iter().map(|p| (p.as_slice(), cands.as_slice())).collect();
+    group.bench_function("score_10_prompts_packed", |b| b.iter(|| model.score_many(&items)));
+    group.bench_function("score_10_prompts_one_by_one", |b| {
+        b.iter(|| items.iter().map(|(p, c)| model.score(p, c)).collect::<Vec<_>>())
+    });
     group.bench_function("forward_backward_all_sites", |b| {
         b.iter(|| {
             let mut total = 0f32;

@@ -97,14 +97,38 @@ pub fn parse_module(module: &str) -> (String, usize, String) {
     (stack, layer, kind.to_string())
 }
 
+/// The run's sample sizes in one sentence, so that a report of a subset run says so.
+fn protocol(r: &RunResult) -> String {
+    let c = &r.config;
+    let count = |n: usize, what: &str| if n == 0 { format!("all {what}") } else { format!("{n} {what}") };
+    let seeds: Vec<String> = c.attribution.seeds.iter().map(u64::to_string).collect();
+    format!(
+        "Attribution on {} dev instances × {} (seed {}); n searched over [{}, {}] on {} × {}; test on {} × {} \
+         for the target task and {} × {} for each retained task; random control over {} seeds.",
+        c.attribution.samples,
+        count(c.attribution.instructions, "instructions"),
+        seeds.join(", "),
+        c.search.lo,
+        c.search.hi,
+        count(c.search.dev_limit, "dev instances"),
+        count(c.search.instructions, "instructions"),
+        count(c.test.limit, "test instances"),
+        count(c.test.instructions, "instructions"),
+        count(c.test.retain_limit, "test instances"),
+        count(c.test.retain_instructions, "instructions"),
+        c.test.random_seeds.len(),
+    )
+}
+
 pub fn markdown(r: &RunResult) -> String {
     let mut s = String::new();
     let model_name = r.model.get("path").and_then(Value::as_str).unwrap_or("model");
     let _ = writeln!(s, "# CRISPR run: {} on {}\n", r.config.task, model_name);
     let _ = writeln!(
         s,
-        "Preset `{}`. Pruned **{} neurons** (chosen on dev) of {} in the `{}` universe. Pruned model: `{}`.\n",
+        "Preset `{}`. {} Pruned **{} neurons** (chosen on dev) of {} in the `{}` universe. Pruned model: `{}`.\n",
         r.config.preset,
+        protocol(r),
         r.n_selected,
         num(&r.model, &["universe", r.config.attribution.settings.universe.name()]).unwrap_or(0.0),
         r.config.attribution.settings.universe.name(),
@@ -423,16 +447,11 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;paddi
 td:first-child,td:nth-child(2),th:first-child{{text-align:left}}code{{background:#f3f4f6;padding:1px 4px;border-radius:3px}}
 .pos{{color:#15803d}}.neg{{color:#b91c1c}}figure{{margin:1em 0}}figcaption{{font-size:.9em;color:#444}}</style></head><body>
 <h1>CRISPR: bias neurons of <code>{model}</code> on <code>{task}</code></h1>
-<p>Preset <b>{preset}</b>. Attribution on {samples} dev instances × {ninstr} instructions; the number of pruned neurons was chosen on dev: <b>n = {n}</b> ({universe} universe). The pruned model is <code>{pruned}</code>.</p>"#,
+<p>Preset <b>{preset}</b>. {protocol} The number of pruned neurons was chosen on dev: <b>n = {n}</b> ({universe} universe). The pruned model is <code>{pruned}</code>.</p>"#,
         task = esc(&r.config.task),
         model = esc(model_name),
         preset = esc(&r.config.preset),
-        samples = r.config.attribution.samples,
-        ninstr = if r.config.attribution.instructions == 0 {
-            "all".to_string()
-        } else {
-            r.config.attribution.instructions.to_string()
-        },
+        protocol = esc(&protocol(r)),
         n = r.n_selected,
         universe = r.config.attribution.settings.universe.name(),
         pruned = esc(&r.pruned_model),

@@ -93,6 +93,12 @@ fn run_reports_resumes_identically_and_refuses_other_configs() {
     }
     let html = std::fs::read_to_string(a.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("bbq:Age") && !html.contains("src=\"http"), "self-contained report");
+    // The reports state the sample sizes the numbers rest on.
+    let md = std::fs::read_to_string(a.join("report.md")).unwrap();
+    let sizes = "Attribution on 24 dev instances × 4 instructions (seed 2026); n searched over [0, 12] on 6 dev \
+                 instances × 2 instructions; test on 6 test instances × 2 instructions for the target task and 4 \
+                 test instances × 2 instructions for each retained task; random control over 2 seeds.";
+    assert!(md.contains(sizes) && html.contains(sizes), "protocol sentence missing:\n{md}");
     let m = metrics(&a);
     let n = m["n_selected"].as_u64().unwrap() as usize;
     // The search always considers pruning nothing, and the pruned export exists when n > 0.
