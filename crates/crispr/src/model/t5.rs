@@ -12,10 +12,11 @@
 //! `wo(gelu_tanh(wi_0 x) ⊙ wi_1 x)` (v1.1); v1.0 ties the LM head to the embedding and rescales the
 //! decoder output by d_model^-½, v1.1 has its own head and no rescaling.
 //!
-//! Conventions: activations are row-major `[rows × width]`, weights row-major `[out × in]`. The
-//! decoder can run several target sequences packed one after another (every row carries a sequence
-//! id and a position; attention never crosses sequences), so all candidates of a prompt are scored
-//! in one decoder pass over cross-attention keys and values computed once.
+//! Conventions: activations are row-major `[rows × width]`, weights row-major `[out × in]`. Both
+//! stacks run several sequences packed one after another: every linear layer sees all rows at
+//! once, attention runs per segment (a prompt in the encoder; a prompt's candidates, kept apart
+//! by sequence ids, in the decoder). Scoring packs many prompts into one encoder pass and all
+//! their candidates into one decoder pass over cross-attention keys and values computed once.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
