@@ -507,6 +507,7 @@ impl<F> DecoderCache<F> {
 }
 
 /// What the backward pass needs from one attention sub-layer.
+#[derive(Default)]
 struct AttnTrace<F> {
     x_in: Vec<F>,
     inv_rms: Vec<F>,
@@ -519,6 +520,7 @@ struct AttnTrace<F> {
     o: Vec<F>,
 }
 
+#[derive(Default)]
 struct FfnTrace<F> {
     x_in: Vec<F>,
     inv_rms: Vec<F>,
@@ -539,6 +541,7 @@ struct CrossGrad<'a, F> {
     d_enc: &'a mut [F],
 }
 
+#[derive(Default)]
 struct BlockTrace<F> {
     attn: AttnTrace<F>,
     cross: Option<AttnTrace<F>>,
@@ -854,8 +857,8 @@ impl<F: Float> T5Model<F> {
     /// One block over `n` rows of `x` (updated in place); self-attention within `self_segments`.
     /// `self_cache`: append this block's keys/values to it and attend over all of it (generation;
     /// the segments' key rows index the cache); `cross`: the encoder-side keys and values of this
-    /// block and the segments that read them (decoder only). Without `keep`, the inputs and
-    /// attention probabilities only the backward pass needs are not kept.
+    /// block and the segments that read them (decoder only). Without `keep`, nothing is kept for
+    /// the backward pass (the trace comes back empty).
     #[allow(clippy::too_many_arguments)]
     fn block_forward(
         &self,
@@ -955,6 +958,11 @@ impl<F: Float> T5Model<F> {
         fire(hook, id(T5Proj::Wo), &mut wo);
         for (xi, &yi) in x.iter_mut().zip(&wo) {
             *xi += yi;
+        }
+        if !keep {
+            // Freed here, layer by layer, so that the allocator hands the same memory to the next
+            // block instead of faulting in fresh pages for a whole stack of intermediates.
+            return BlockTrace::default();
         }
         BlockTrace { attn, cross, ffn: FfnTrace { x_in, inv_rms, wi_0, wi_1, terms, act, wo } }
     }
