@@ -198,8 +198,10 @@ fn check_model(key: &str) {
     let packed = model.score_many(&items);
     for (i, ((p, c), lps)) in items.iter().zip(&packed).enumerate() {
         let alone = model.score(p, c);
-        let err = lps.iter().zip(&alone).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
-        assert!(err <= 1e-5, "{key}: packed prompt {i} scores {lps:?}, alone {alone:?}");
+        // Relative: different row counts take different kernels and summation orders (f32 rounding,
+        // ~3e-7 relative); a prompt reading another's rows would be off by far more.
+        let err = lps.iter().zip(&alone).fold(0f64, |a, (x, y)| a.max((x - y).abs() / y.abs().max(1.0)));
+        assert!(err <= 2e-6, "{key}: packed prompt {i} scores {lps:?}, alone {alone:?}");
     }
     let packed_err = packed[1].iter().zip(&want).fold(0f64, |a, (g, w)| a.max((g - w).abs()));
     assert!(packed_err <= 1e-4, "{key}: packed log-probabilities {:?} vs transformers {want:?}", packed[1]);
