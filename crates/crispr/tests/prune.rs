@@ -1,7 +1,7 @@
 //! Pruning round trips: pruning in memory equals loading a copy pruned on disk, the copy differs
 //! from the input only in the pruned rows, and restoring gives back the original numbers bit for
-//! bit. Run on the real SmolLM2 GGUF (q/k rows are permuted in GGUF) and on a Qwen2 checkpoint
-//! (q/k/v biases must be zeroed too).
+//! bit. Run on the real SmolLM2 GGUF (q/k rows are permuted in GGUF), on a Qwen2 checkpoint
+//! (q/k/v biases must be zeroed too) and on tiny T5 checkpoints of both FFN layouts.
 
 mod common;
 
@@ -131,4 +131,33 @@ fn gguf_export_changes_only_pruned_rows() {
 #[test]
 fn checkpoint_prune_round_trip_with_biases() {
     round_trip(&common::fixtures().join("tiny").join("qwen2"), "pruned-qwen2");
+}
+
+/// A tiny T5 checkpoint with deterministic weights: the relu, tied-head variant of the T5 fixtures
+/// (original T5) or the same shape with a gated-GELU FFN and its own head (T5 v1.1, Flan-T5), so
+/// that both FFN layouts (`wi`; `wi_0`/`wi_1`) are pruned and exported.
+fn tiny_t5(dir: &Path, gated: bool) -> std::path::PathBuf {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("t5").join("expected.json")).unwrap())
+            .unwrap();
+    let mut config = meta["models"]["tiny_relu"]["config"].clone();
+    if gated {
+        config["feed_forward_proj"] = "gated-gelu".into();
+        config["tie_word_embeddings"] = false.into();
+    }
+    let out = dir.join(if gated { "t5-gated" } else { "t5-relu" });
+    std::fs::create_dir_all(&out).unwrap();
+    let tokenizer = common::data_dir().join("tokenizers").join("t5").join("tokenizer.json");
+    crispr::model::t5::synthetic::write_checkpoint(&out, &config, 7, &tokenizer).unwrap();
+    out
+}
+
+#[test]
+fn t5_checkpoint_prune_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    for gated in [false, true] {
+        let input = tiny_t5(dir.path(), gated);
+        assert_eq!(crispr::loader::load(&input).unwrap().model.family(), crispr::model::Family::EncoderDecoder);
+        round_trip(&input, if gated { "pruned-gated" } else { "pruned-relu" });
+    }
 }
