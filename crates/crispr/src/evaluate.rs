@@ -138,7 +138,7 @@ pub fn evaluate(
                             lps = calibrate(&lps, &mean_content_free(&samples));
                         }
                     }
-                    outcomes.push(Outcome { example: i, choice: argmax(&lps) });
+                    outcomes.push(Outcome { example: i, choice: argmax(&lps), scores: lps, generated: None });
                 }
             }
             Mode::Generation => {
@@ -147,7 +147,8 @@ pub fn evaluate(
                     let enc = encode(&loaded.text, style, &prompt.text, &[])?;
                     let ids = model.generate(&enc.prompt, opts.max_new_tokens, &stop);
                     let text = loaded.text.decode(&ids, true)?;
-                    outcomes.push(Outcome { example: i, choice: match_generation(&text, &prompt.candidates) });
+                    let choice = match_generation(&text, &prompt.candidates);
+                    outcomes.push(Outcome { example: i, choice, scores: Vec::new(), generated: Some(text) });
                     progress();
                 }
             }

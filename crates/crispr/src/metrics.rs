@@ -35,12 +35,17 @@ use crate::data::{Example, Task, TaskKind};
 use crate::rng::SplitMix64;
 
 /// The model's answer to one example under one instruction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
     /// Index into `task.examples`.
     pub example: usize,
     /// Chosen candidate; `None` = a generated output that matched no candidate.
     pub choice: Option<usize>,
+    /// Scoring mode: the score of every candidate the choice maximised (log-probabilities, or
+    /// calibrated log-probabilities under CC / DC).
+    pub scores: Vec<f64>,
+    /// Generation mode: the generated text.
+    pub generated: Option<String>,
 }
 
 /// BBQ counts for one context condition.

@@ -292,6 +292,29 @@ fn attribute_prune_eval_chain_on_a_checkpoint() {
     ]);
     // stderr is not a terminal here: progress comes as plain lines, the last one at 100 %.
     assert!(stderr(&o).contains("crispr: eval 50/50 (100 %)"), "{}", stderr(&o));
+    // predictions.jsonl: one line per (instruction, example); each choice is the argmax of its
+    // scores, and the accuracy recomputed from the lines is the reported one.
+    let metrics1: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e1.join("metrics.json")).unwrap()).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(e1.join("predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 50);
+    for per in metrics1["per_instruction"].as_array().unwrap() {
+        let mine: Vec<_> = lines.iter().filter(|l| l["instruction"] == per["instruction"]).collect();
+        assert_eq!(mine.len(), 5);
+        let mut correct = 0;
+        for l in &mine {
+            let scores: Vec<f64> = l["scores"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert_eq!(scores.len(), l["candidates"].as_array().unwrap().len());
+            let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+            assert_eq!(l["choice"], best);
+            correct += usize::from(l["choice"] == l["gold"]);
+        }
+        assert!((per["acc"].as_f64().unwrap() - 100.0 * correct as f64 / 5.0).abs() < 1e-9);
+    }
     run(&[
         "eval",
         "--model",

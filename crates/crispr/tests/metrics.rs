@@ -50,7 +50,11 @@ fn unifiedqa_bias_scores_reproduce_derived_table() {
                 assert_eq!(p["example_id"].as_u64().unwrap().to_string(), ex.id, "rows line up");
                 assert_eq!(p["ans1"].as_str().unwrap(), ex.candidates[1]);
                 let out = p[&field].as_str().unwrap();
-                Outcome { example: ex.index, choice: match_generation_prefix(out, &ex.candidates) }
+                Outcome {
+                    example: ex.index,
+                    choice: match_generation_prefix(out, &ex.candidates),
+                    ..Default::default()
+                }
             })
             .collect();
         let m = instruction_metrics(task, format, &outcomes);
@@ -127,7 +131,7 @@ fn six_bbq(target5: Option<usize>) -> Task {
 }
 
 fn outcomes(choices: &[Option<usize>]) -> Vec<Outcome> {
-    choices.iter().enumerate().map(|(i, &c)| Outcome { example: i, choice: c }).collect()
+    choices.iter().enumerate().map(|(i, &c)| Outcome { example: i, choice: c, ..Default::default() }).collect()
 }
 
 #[test]
@@ -204,7 +208,11 @@ fn hand_computed_summary_std_pred_rate_and_json() {
     let t = nlu_task(&labels);
     let answer = |right: usize| -> Vec<Outcome> {
         (0..10)
-            .map(|i| Outcome { example: i, choice: Some(if i < right { labels[i] } else { 1 - labels[i] }) })
+            .map(|i| Outcome {
+                example: i,
+                choice: Some(if i < right { labels[i] } else { 1 - labels[i] }),
+                ..Default::default()
+            })
             .collect()
     };
     let per: Vec<(InstructionMetrics, Vec<Outcome>)> = [5, 6, 7]

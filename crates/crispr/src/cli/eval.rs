@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::common::{model_checksum, progress, TaskArgs};
 use super::ModelArgs;
-use crispr::data::{split_indices, Split};
-use crispr::evaluate::{evaluate, Calibration, EvalOptions, Mode};
+use crispr::data::{split_indices, InstructionSet, Split, Task};
+use crispr::evaluate::{evaluate, Calibration, EvalOptions, Evaluation, Mode};
 use crispr::metrics::{metrics_json, summarize};
 use crispr::neurons::{atomic_write, read_scores, top_neurons};
 use crispr::prune::{prune, random_neurons};
@@ -109,6 +109,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).map_err(|e| anyhow::anyhow!("{}: {e}", args.out.display()))?;
     atomic_write(&args.out.join("metrics.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    atomic_write(&args.out.join("predictions.jsonl"), predictions(&lt.task, &lt.instructions, &result)?.as_bytes())?;
     let acc = doc["mean"]["acc"].as_f64().unwrap_or(f64::NAN);
     let std = doc["std"]["acc"].as_f64().unwrap_or(f64::NAN);
     eprintln!(
@@ -121,4 +122,33 @@ pub fn run(args: EvalArgs) -> Result<()> {
         args.out.join("metrics.json").display()
     );
     Ok(())
+}
+
+/// One JSON line per (instruction, example): the candidates, the gold answer, the choice, and the
+/// candidate scores (scoring mode) or the generated text (generation mode) — for error analysis
+/// and for comparing choices with other evaluators instance by instance.
+fn predictions(task: &Task, set: &InstructionSet, result: &Evaluation) -> Result<String> {
+    let mut out = String::new();
+    for (instruction, (_, outcomes)) in set.items.iter().zip(result) {
+        for o in outcomes {
+            let ex = &task.examples[o.example];
+            let mut line = json!({
+                "instruction": instruction.id,
+                "index": ex.index,
+                "id": ex.id,
+                "candidates": instruction.render(ex)?.candidates,
+                "gold": ex.label,
+                "choice": o.choice,
+            });
+            if !o.scores.is_empty() {
+                line["scores"] = json!(o.scores);
+            }
+            if let Some(text) = &o.generated {
+                line["generated"] = json!(text);
+            }
+            out.push_str(&serde_json::to_string(&line)?);
+            out.push('\n');
+        }
+    }
+    Ok(out)
 }
