@@ -203,18 +203,18 @@ pub fn run(
         Err(_) => atomic_write(&cfg_path, cfg_text.as_bytes())?,
     }
     let mut env = Env { dir, cfg, data_dir, progress };
-    let mut seconds = BTreeMap::new();
+    let mut seconds = Timings::load(&env.dir.join("timings.json"));
     let task = data::load_task(&cfg.task, &env.data_dir)?;
     let set = data::default_instructions(&task, &env.data_dir)?;
 
     let t = std::time::Instant::now();
     let scores = attribution_stage(&mut env, loaded, &task, &set)?;
-    seconds.insert("attribution".into(), t.elapsed().as_secs_f64());
+    seconds.add("attribution", t.elapsed().as_secs_f64())?;
 
     let t = std::time::Instant::now();
     let ranked: Vec<Neuron> = scores.ranked().into_iter().map(|(site, row, _)| Neuron { site, row }).collect();
     let (n_selected, search) = search_stage(&mut env, loaded, &task, &set, &ranked)?;
-    seconds.insert("search".into(), t.elapsed().as_secs_f64());
+    seconds.add("search", t.elapsed().as_secs_f64())?;
 
     let t = std::time::Instant::now();
     let mut tasks = BTreeMap::new();
@@ -225,11 +225,11 @@ pub fn run(
         let res = test_stage(&mut env, loaded, &name, limit, k, crispr_neurons, scores.universe)?;
         tasks.insert(name, res);
     }
-    seconds.insert("test".into(), t.elapsed().as_secs_f64());
+    seconds.add("test", t.elapsed().as_secs_f64())?;
 
     let t = std::time::Instant::now();
     let pruned_model = export_stage(&mut env, loaded, crispr_neurons)?;
-    seconds.insert("export".into(), t.elapsed().as_secs_f64());
+    seconds.add("export", t.elapsed().as_secs_f64())?;
 
     let sites = loaded.model.sites();
     let bias_neurons = ranked_neurons(sites, &scores, n_selected);
@@ -242,7 +242,29 @@ pub fn run(
         }
         m
     };
+    let seconds = seconds.seconds;
     Ok(RunResult { config: cfg.clone(), model, n_selected, search, tasks, bias_neurons, pruned_model, seconds })
+}
+
+/// Wall-clock seconds per stage, summed over every invocation that worked on the run and kept in
+/// `timings.json`, so that a resumed run reports the time its work took rather than the moment it
+/// took to find that work cached.
+struct Timings {
+    path: PathBuf,
+    seconds: BTreeMap<String, f64>,
+}
+
+impl Timings {
+    fn load(path: &Path) -> Timings {
+        // A missing or unreadable file only loses earlier timings, never results: start afresh.
+        let seconds = read_json(path).and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+        Timings { path: path.to_path_buf(), seconds }
+    }
+
+    fn add(&mut self, stage: &str, secs: f64) -> Result<()> {
+        *self.seconds.entry(stage.to_string()).or_insert(0.0) += secs;
+        write_json(&self.path, &json!(self.seconds))
+    }
 }
 
 /// Attribution on the dev sample, cached per (seed, instruction) in `attribution/partial/`.

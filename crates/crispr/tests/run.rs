@@ -108,6 +108,21 @@ fn run_reports_resumes_identically_and_refuses_other_configs() {
     }
     assert_eq!(m["tasks"]["bbq:Age"]["random"].as_array().unwrap().len(), 2);
 
+    // Rerunning a finished run redoes nothing and keeps the time the work took.
+    let seconds = |dir: &Path| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+        v["seconds"].clone()
+    };
+    let before = seconds(&a);
+    let o = crispr_run(&cfg, &a).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = seconds(&a);
+    for stage in ["attribution", "search", "test"] {
+        let (x, y) = (before[stage].as_f64().unwrap(), after[stage].as_f64().unwrap());
+        assert!(x > 0.0 && y >= x && y < x + 5.0, "{stage}: {x} s before the rerun, {y} s after");
+    }
+
     // Kill a second run as soon as its first attribution checkpoint exists, then resume it.
     let b = tmp.path().join("b");
     let mut child = crispr_run(&cfg, &b).spawn().unwrap();
