@@ -9,6 +9,7 @@
 
 pub mod attribution;
 pub mod data;
+pub mod diagnostics;
 pub mod error;
 pub mod evaluate;
 pub mod export;
@@ -21,11 +22,14 @@ pub mod pipeline;
 pub mod prune;
 pub mod report;
 pub mod resolve;
+pub mod retention;
 pub mod rng;
 pub mod score;
+pub mod selection;
 pub mod sys;
 pub mod tensor;
 pub mod text;
+pub mod verdict;
 pub mod weights;
 
 pub use error::{Error, Result};

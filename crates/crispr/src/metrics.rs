@@ -241,6 +241,17 @@ pub fn instruction_metrics(task: &Task, instruction: &str, outcomes: &[Outcome])
     finish(instruction, tally(task, outcomes, None))
 }
 
+/// [`instruction_metrics`] with every outcome counted `weights[example]` times (bootstrap
+/// resampling; `None` = once each).
+pub fn weighted_metrics(
+    task: &Task,
+    instruction: &str,
+    outcomes: &[Outcome],
+    weights: Option<&[u32]>,
+) -> InstructionMetrics {
+    finish(instruction, tally(task, outcomes, weights))
+}
+
 /// Index of the highest score (the first on ties; NaN never wins); `None` for an empty slice or
 /// all-NaN scores. The scoring-mode prediction.
 pub fn argmax(scores: &[f64]) -> Option<usize> {
@@ -354,7 +365,7 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
 
 /// Quantile `q` of sorted values, interpolating linearly between order statistics (numpy's
 /// default).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = (lo + 1).min(sorted.len() - 1);

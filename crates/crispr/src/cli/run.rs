@@ -6,6 +6,7 @@ use clap::Args;
 use super::common::{self, progress};
 use crispr::neurons::atomic_write;
 use crispr::pipeline::{run as run_pipeline, Progress, RunConfig};
+use crispr::retention::RetentionConstraint;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -18,9 +19,30 @@ pub struct RunArgs {
     /// Tasks evaluated before and after pruning to check that other skills stay.
     #[arg(long, value_delimiter = ',', default_value = "mrpc,rte,qnli,sst2,boolq")]
     retain: Vec<String>,
-    /// `quick` (subsets; minutes on 2 cores for a 135M model) or `paper` (the paper's protocol).
+    /// `quick` (subsets; minutes on 2 cores for a 135M model), `paper` (the paper's protocol), or
+    /// `retain` (the paper's attribution with skill-preserving selection and a retention-constrained
+    /// search).
     #[arg(long, default_value = "quick")]
     preset: String,
+    /// Never prune the top skill neurons of these tasks (gold-answer attribution on their dev split).
+    #[arg(long, value_delimiter = ',')]
+    protect: Vec<String>,
+    /// Skill neurons protected per task.
+    #[arg(long)]
+    protect_top: Option<usize>,
+    /// Leave out rows that write residual dimensions carrying massive activations.
+    #[arg(long)]
+    exclude_massive: bool,
+    /// Rank neurons by scores divided by their module's root mean square.
+    #[arg(long)]
+    normalize_scores: bool,
+    /// Choose n only among values where no retained task (nor BBQ's disambiguated accuracy) drops
+    /// by more than this many points on dev.
+    #[arg(long)]
+    max_drop: Option<f64>,
+    /// … and where the mean KL divergence on neutral prompts stays below this (nats).
+    #[arg(long)]
+    max_kl: Option<f64>,
     /// Run directory (created; an interrupted run in it is resumed).
     #[arg(long, default_value = "crispr-run")]
     out: PathBuf,
@@ -56,6 +78,47 @@ impl Progress for Bars {
     }
 }
 
+/// Selection and constraint flags on top of a preset or a replayed configuration.
+fn apply_selection_flags(mut cfg: RunConfig, args: &RunArgs) -> Result<RunConfig> {
+    let protect: Vec<String> = args.protect.iter().filter(|s| !s.is_empty()).cloned().collect();
+    if !protect.is_empty() {
+        cfg.selection.protect = protect;
+        if cfg.selection.protect_top == 0 {
+            cfg.selection.protect_top = 200;
+            cfg.selection.protect_samples = 8;
+            cfg.selection.protect_instructions = 2;
+        }
+    }
+    if let Some(k) = args.protect_top {
+        cfg.selection.protect_top = k;
+    }
+    cfg.selection.exclude_massive |= args.exclude_massive;
+    cfg.selection.normalize |= args.normalize_scores;
+    for (name, v) in [("--max-drop", args.max_drop), ("--max-kl", args.max_kl)] {
+        if let Some(v) = v {
+            if !v.is_finite() || v < 0.0 {
+                anyhow::bail!("{name} must be a non-negative number, got {v}");
+            }
+        }
+    }
+    if args.max_drop.is_some() || args.max_kl.is_some() {
+        let c = cfg.search.constraint.get_or_insert(RetentionConstraint {
+            max_drop: None,
+            max_kl: None,
+            retain_dev_limit: 30,
+            retain_instructions: 2,
+            kl_prompts: 16,
+        });
+        if args.max_drop.is_some() {
+            c.max_drop = args.max_drop;
+        }
+        if args.max_kl.is_some() {
+            c.max_kl = args.max_kl;
+        }
+    }
+    Ok(cfg)
+}
+
 pub fn run(args: RunArgs) -> Result<()> {
     let cfg = match &args.config {
         Some(path) => {
@@ -70,9 +133,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             args.retain.iter().filter(|s| !s.is_empty()).cloned().collect(),
         )?,
     };
+    let cfg = apply_selection_flags(cfg, &args)?;
     let data_dir = crispr::data::resolve_data_dir(args.data_dir.as_deref())?;
     // Fail on a bad task name before loading the model.
-    for t in std::iter::once(&cfg.task).chain(&cfg.retain) {
+    for t in std::iter::once(&cfg.task).chain(&cfg.retain).chain(&cfg.selection.protect) {
         crispr::data::load_task(t, &data_dir).with_context(|| format!("task {t}"))?;
     }
     let model_arg = (cfg.model != "default").then_some(cfg.model.as_str());
@@ -99,6 +163,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             result.n_selected,
             rnd.iter().sum::<f64>() / rnd.len().max(1) as f64
         );
+    }
+    if let Some(v) = &result.verdict {
+        eprintln!("crispr: {}", v.headline);
     }
     eprintln!("crispr: done in {:.0} s", started.elapsed().as_secs_f64());
     println!("report: {}", args.out.join("report.html").display());

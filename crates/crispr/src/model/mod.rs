@@ -266,6 +266,10 @@ pub trait LanguageModel<F: Float>: Send + Sync {
     fn score_many(&self, items: &[(&[u32], &[Vec<u32>])]) -> Vec<Vec<f64>> {
         items.iter().map(|(p, c)| self.score(p, c)).collect()
     }
+    /// Logits of the first answer token after `prompt` (decoder-only: the next token; encoder–decoder:
+    /// the decoder's first step), with `hook` seeing every site's output on the way. One forward
+    /// pass: what retention checks (KL on neutral prompts) and activation diagnostics need.
+    fn next_token_logits(&self, prompt: &[u32], hook: Option<ForwardHook<'_, F>>) -> Vec<f64>;
     /// Greedy decoding, stopping after any token in `stop`.
     fn generate(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32>;
     /// The linear layer whose `row` must be zeroed to silence unit `row` of `site` (the layer

@@ -1580,6 +1580,18 @@ impl<F: Float> LanguageModel<F> for T5Model<F> {
         self.generate_greedy(prompt, max_new, stop)
     }
 
+    fn next_token_logits(&self, prompt: &[u32], hook: Option<ForwardHook<'_, F>>) -> Vec<f64> {
+        let mut hook = hook;
+        let m = prompt.len();
+        let enc = self.run_encoder_packed(prompt, &[m], false, &mut hook).out;
+        let cross = self.cross_kv(&enc, m, &mut hook);
+        let mut cache = DecoderCache { layers: vec![(Vec::new(), Vec::new()); self.cfg.num_decoder_layers], len: 0 };
+        let parts = [DecoderPart { rows: Rows::single(0, 1), enc: 0..m }];
+        let start = [self.cfg.decoder_start_token_id];
+        let dec = self.run_decoder(&start, &parts, &cross, Some(&mut cache), false, &mut hook);
+        self.logits(&dec.out, 1)[..self.cfg.vocab_size].iter().map(|x| x.to_f64()).collect()
+    }
+
     /// The encoder runs (traced) once per prompt and its cross-attention keys and values are
     /// computed once: the candidates are scored from them, and every chosen candidate's backward
     /// pass reuses the encoder trace.
