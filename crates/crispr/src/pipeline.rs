@@ -337,8 +337,15 @@ pub fn run(
     let t = std::time::Instant::now();
     let stats = diagnostics_stage(&mut env, loaded, &task, &set)?;
     let protected = protect_stage(&mut env, loaded)?;
-    let (ranked, excluded_list) =
+    let (mut ranked, excluded_list) =
         rank_candidates(&scores, loaded.model.sites(), &cfg.selection, Some(&stats), &protected);
+    let ablation_rejected = if cfg.selection.ablate_top > 0 {
+        let (kept, rejected) = ablation_stage(&mut env, loaded, &task, &set, &ranked)?;
+        ranked = kept;
+        rejected
+    } else {
+        0
+    };
     let mut excluded = BTreeMap::new();
     for (_, why) in &excluded_list {
         let key = match why {
@@ -346,6 +353,9 @@ pub fn run(
             Excluded::Protected => "protected",
         };
         *excluded.entry(key.to_string()).or_insert(0) += 1;
+    }
+    if ablation_rejected > 0 {
+        excluded.insert("ablation".to_string(), ablation_rejected);
     }
     seconds.add("selection", t.elapsed().as_secs_f64())?;
 
@@ -858,6 +868,103 @@ fn build_verdict(env: &Env<'_>, outcomes: &BTreeMap<String, TaskOutcomes>, n: us
         }
     }
     Ok(Some(judge(&env.cfg.task, target, retained, n)))
+}
+
+/// One candidate's effect when zeroed alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AblationResult {
+    pub id: String,
+    /// Change of the mean margin `log P(gold) − max_{c≠gold} log P(c)` on the probe instances
+    /// (positive: the target moves the right way).
+    pub margin_change: f64,
+    /// Mean KL on neutral prompts.
+    pub kl: f64,
+    pub kept: bool,
+}
+
+/// Instances probed per ablated candidate, and neutral prompts for its KL.
+const ABLATION_INSTANCES: usize = 8;
+const ABLATION_KL_PROMPTS: usize = 8;
+
+/// Zero each of the first `ablate_top` candidates alone and keep it only if the target's margin
+/// rises and the model's neutral next-token distributions barely move (KL at most a tenth of the
+/// constraint's budget, or 0.01 without one). Candidates past `ablate_top` are dropped: the
+/// checked ones are the pool the search chooses from. Results are cached in `ablation.json`.
+fn ablation_stage(
+    env: &mut Env<'_>,
+    loaded: &mut LoadedModel,
+    task: &Task,
+    set: &InstructionSet,
+    ranked: &[Neuron],
+) -> Result<(Vec<Neuron>, usize)> {
+    let k = env.cfg.selection.ablate_top.min(ranked.len());
+    let kl_budget = env.cfg.search.constraint.as_ref().and_then(|c| c.max_kl).map_or(0.01, |d| d / 10.0);
+    let path = env.dir.join("ablation.json");
+    let sites = loaded.model.sites().to_vec();
+    let id = |n: &Neuron| format!("{}:{}", sites[n.site].name, n.row);
+    let cached: Vec<AblationResult> = read_json(&path).and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+    let results = if cached.len() == k && cached.iter().zip(ranked).all(|(r, n)| r.id == id(n)) {
+        cached
+    } else {
+        // Probe instances: the attribution sample under the first two instructions.
+        let acfg = &env.cfg.attribution;
+        let dev = split_indices(task, Split::Dev, env.cfg.split_seed, data::split::DEV_FRACTION);
+        let seed = acfg.seeds.first().copied().unwrap_or(0);
+        let indices = sample_indices(&dev, acfg.samples.min(dev.len()).min(ABLATION_INSTANCES), seed);
+        let style = loaded.prompt_style(false);
+        let mut probes = Vec::new();
+        for ins in first_k(set, 2).items.iter() {
+            for &i in &indices {
+                let p = ins.render(&task.examples[i])?;
+                let enc = encode(&loaded.text, style, &p.text, &p.candidates)?;
+                probes.push((enc, p.label));
+            }
+        }
+        let margin = |loaded: &LoadedModel| -> f64 {
+            let items: Vec<(&[u32], &[Vec<u32>])> =
+                probes.iter().map(|(e, _)| (e.prompt.as_slice(), e.candidates.as_slice())).collect();
+            let all = loaded.model.score_many(&items);
+            let total: f64 = all
+                .iter()
+                .zip(&probes)
+                .map(|(lps, (_, gold))| {
+                    let best_wrong = lps
+                        .iter()
+                        .enumerate()
+                        .filter(|&(c, _)| c != *gold)
+                        .map(|(_, &x)| x)
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let m = lps[*gold] - best_wrong;
+                    if m.is_finite() {
+                        m
+                    } else {
+                        0.0
+                    }
+                })
+                .sum();
+            total / probes.len().max(1) as f64
+        };
+        let reference = neutral_distributions(loaded, ABLATION_KL_PROMPTS)?;
+        let base = margin(loaded);
+        env.progress.stage("ablation check", k as u64);
+        let mut out = Vec::with_capacity(k);
+        for n in &ranked[..k] {
+            let pruned = prune(loaded.model.as_mut(), std::slice::from_ref(n));
+            let m = margin(loaded);
+            let kl = mean_kl(loaded, &reference);
+            pruned.restore(loaded.model.as_mut());
+            let kl = kl?;
+            let margin_change = m - base;
+            out.push(AblationResult { id: id(n), margin_change, kl, kept: margin_change > 0.0 && kl <= kl_budget });
+            env.progress.tick();
+        }
+        write_json(&path, &json!(out))?;
+        out
+    };
+    let kept: Vec<Neuron> = ranked[..k].iter().zip(&results).filter(|(_, r)| r.kept).map(|(n, _)| *n).collect();
+    let rejected = k - kept.len();
+    env.progress.note(&format!("ablation check kept {} of the top {k} candidates", kept.len()));
+    Ok((kept, rejected))
 }
 
 /// Probe the activations on (up to 8 of) the attribution prompts.

@@ -141,6 +141,7 @@ protect = ["rte", "sst2"]
 protect_top = 300
 protect_samples = 4
 protect_instructions = 2
+ablate_top = 40
 "#;
     let cfg = write_config(tmp.path(), "bbq:Age", r#"["rte", "sst2"]"#, extra, "retain-test");
     let out = tmp.path().join("run");
@@ -170,6 +171,24 @@ protect_instructions = 2
         assert!(!protected.contains(*id), "protected neuron {id} was pruned");
     }
     assert!(m["excluded"]["protected"].as_u64().unwrap() > 0);
+
+    // The ablation check: every candidate the search could choose was zeroed alone, raised the
+    // target's margin and kept KL within a tenth of the budget.
+    let ablation: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("ablation.json")).unwrap()).unwrap();
+    let ablation = ablation.as_array().unwrap();
+    assert_eq!(ablation.len(), 40);
+    let kept: HashSet<&str> =
+        ablation.iter().filter(|r| r["kept"] == true).map(|r| r["id"].as_str().unwrap()).collect();
+    for r in ablation {
+        let ok = r["margin_change"].as_f64().unwrap() > 0.0 && r["kl"].as_f64().unwrap() <= 0.002;
+        assert_eq!(r["kept"].as_bool().unwrap(), ok, "{r}");
+        assert!(!protected.contains(r["id"].as_str().unwrap()), "protected neurons are not even candidates");
+    }
+    assert!(!kept.is_empty() && kept.len() < 40, "the check keeps some candidates and rejects others");
+    for id in &pruned {
+        assert!(kept.contains(id), "{id} was pruned without passing the ablation check");
+    }
 
     // The constraint, checked from the measurements at every evaluated n.
     let points = m["search_points"].as_array().unwrap();
