@@ -858,6 +858,9 @@ fn build_verdict(env: &Env<'_>, outcomes: &BTreeMap<String, TaskOutcomes>, n: us
             } else {
                 paired_deltas(&task, &[orig], &random, seed, resamples)
             },
+            majority_baseline: crate::verdict::majority_baseline(&task, orig),
+            dominant_answer: crate::verdict::dominant_answer_share(orig)
+                .zip(crate::verdict::dominant_answer_share(crispr)),
         }))
     };
     let Some(target) = deltas(&env.cfg.task)? else { return Ok(None) };

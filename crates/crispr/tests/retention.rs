@@ -221,8 +221,20 @@ ablate_top = 40
     }
     assert!(points.iter().any(|p| !feasible(p)), "this tight constraint should rule some n out");
 
-    // The verdict and diagnostics are in the results and at the top of both reports.
+    // The verdict's paired deltas agree with the plain means of the evaluations (a different code
+    // path), and every interval contains its estimate.
     let verdict = &m["verdict"];
+    for (task, d) in std::iter::once(("bbq:Age", &verdict["target"]))
+        .chain(verdict["retained"].as_object().unwrap().iter().map(|(k, v)| (k.as_str(), v)))
+    {
+        let t = &m["tasks"][task];
+        let want = t["crispr"]["mean"]["acc"].as_f64().unwrap() - t["original"]["mean"]["acc"].as_f64().unwrap();
+        let got = &d["crispr_delta"]["acc"];
+        assert!((got["delta"].as_f64().unwrap() - want).abs() < 1e-9, "{task}: {got} vs {want}");
+        let (lo, hi) = (got["ci95"][0].as_f64().unwrap(), got["ci95"][1].as_f64().unwrap());
+        assert!(lo <= want + 1e-9 && want <= hi + 1e-9, "{task}: {want} outside [{lo}, {hi}]");
+    }
+    // The verdict and diagnostics are in the results and at the top of both reports.
     assert!(verdict["headline"].as_str().unwrap().len() > 20);
     assert!(m["diagnostics"]["summary"].as_str().is_some());
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
