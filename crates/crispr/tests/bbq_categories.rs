@@ -17,7 +17,6 @@ const SHIPPED: [&str; 6] =
 const REGENERATED: [&str; 3] = ["SES", "Gender_identity", "Race_ethnicity"];
 
 /// One BBQ row in the upstream schema.
-#[allow(clippy::too_many_arguments)]
 fn row(cat: &str, id: u64, neg: bool, ambig: bool, ans: [(&str, &str); 3], label: usize) -> String {
     serde_json::json!({
         "example_id": id,

@@ -17,6 +17,8 @@
 //! | `jsonl:<path>` | a user's own multiple-choice file | [`custom`] |
 //!
 //! Every loader rejects malformed input with an error that names the file and the 1-based line.
+//! Where the data directory comes from, and how named datasets get into it on first use, is
+//! [`crate::datasets`]'s business.
 
 pub mod bbq;
 pub mod csv;
