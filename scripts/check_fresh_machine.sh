@@ -16,6 +16,7 @@ bin="${CRISPR_BIN:-$repo/target/debug/crispr}"
 [ -x "$bin" ] || (cd "$repo" && cargo build --quiet --bin crispr)
 work="$(mktemp -d /tmp/crispr-fresh.XXXXXX)"
 trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 git clone --quiet "$repo" "$work/clone"
 mkdir -p "$work/cache"
 if [ -n "${MODEL_CACHE:-}" ]; then cp -a "$MODEL_CACHE/models" "$work/cache/"; fi
