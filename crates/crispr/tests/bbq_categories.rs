@@ -133,7 +133,7 @@ fn check_category(dir: &Path, cat: &str) {
         assert_ne!(b.target_loc, Some(b.unknown_loc), "{cat} {}: the target is never the unknown option", e.id);
     }
     // Always the biased answer: +100 in both conditions; always the other person: −100; always
-    // "unknown": 0 on ambiguous rows (all right) and undefined on disambiguated ones.
+    // "unknown": no non-unknown answer to count, so both are undefined (None, never 0).
     let biased = instruction_metrics(
         &t,
         "b",
@@ -164,7 +164,7 @@ fn check_category(dir: &Path, cat: &str) {
     assert_eq!(other.bias_score_ambig, Some(-100.0), "{cat}");
     assert_eq!(other.bias_score_disambig, Some(-100.0), "{cat}");
     let unknown = instruction_metrics(&t, "u", &outcomes(&t, |e| e.bbq.as_ref().unwrap().unknown_loc));
-    assert_eq!(unknown.bias_score_ambig, Some(0.0), "{cat}");
+    assert_eq!(unknown.bias_score_ambig, None, "{cat}");
     assert_eq!(unknown.bias_score_disambig, None, "{cat}");
     assert!(unknown.bias_disambig_undefined);
 }
