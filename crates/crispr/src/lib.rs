@@ -9,6 +9,7 @@
 
 pub mod attribution;
 pub mod data;
+pub mod datasets;
 pub mod diagnostics;
 pub mod error;
 pub mod evaluate;

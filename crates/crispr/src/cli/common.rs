@@ -17,7 +17,7 @@ pub struct TaskArgs {
     /// bbq:<Category>, bbq-lite:<Category>, a BBQ-format .jsonl, mrpc, rte, qnli, sst2, boolq, or jsonl:<path>.
     #[arg(long, default_value = "bbq:Age")]
     pub task: String,
-    /// Where named datasets live (default: $CRISPR_DATA_DIR, the cache, or a shared/data folder above).
+    /// Where named datasets live (default: $CRISPR_DATA_DIR, else the cache, fetched on first use).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// `paper` (BBQ), `default` (the task's own set) or a JSON file of instructions.
@@ -35,7 +35,7 @@ pub struct LoadedTask {
 
 impl TaskArgs {
     pub fn load(&self) -> Result<LoadedTask> {
-        let data_dir = data::resolve_data_dir(self.data_dir.as_deref())?;
+        let data_dir = crispr::datasets::data_dir_for(self.data_dir.as_deref(), &[self.task.as_str()])?;
         let task = data::load_task(&self.task, &data_dir).with_context(|| format!("loading task {}", self.task))?;
         let instructions = data::load_instructions(&self.instructions, &task, &data_dir)?;
         Ok(LoadedTask { task, instructions })

@@ -2,6 +2,7 @@
 
 mod attribute;
 mod common;
+mod data;
 mod eval;
 mod info;
 mod prune;
@@ -19,6 +20,9 @@ struct Cli {
     /// Worker threads for matrix products (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Never download anything (datasets, models); fail with what to put where instead.
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +43,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Write a copy of the model with the top-N neurons of a scores file zeroed, in its own format.
     Prune(prune::PruneArgs),
+    /// The named datasets: `data list` (cached or missing, size, license), `data fetch [NAME…]`.
+    Data(data::DataArgs),
 }
 
 /// How a model is named on the command line.
@@ -58,6 +64,9 @@ impl ModelArgs {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    if cli.offline {
+        crispr::datasets::set_offline(true);
+    }
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().context("starting the thread pool")?;
     match cli.command {
@@ -68,5 +77,6 @@ pub fn run() -> Result<()> {
         Command::Attribute(a) => attribute::run(a),
         Command::Run(a) => run::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Data(a) => data::run(a),
     }
 }

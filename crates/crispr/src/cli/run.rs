@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// Replay a run from its config.toml (overrides --model/--task/--retain/--preset).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Where named datasets live (default: $CRISPR_DATA_DIR, the cache, or a shared/data folder above).
+    /// Where named datasets live (default: $CRISPR_DATA_DIR, else the cache, fetched on first use).
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
@@ -134,7 +134,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         )?,
     };
     let cfg = apply_selection_flags(cfg, &args)?;
-    let data_dir = crispr::data::resolve_data_dir(args.data_dir.as_deref())?;
+    // Every task the run reads (target, retained, protected) must be in one data folder.
+    let specs: Vec<&str> =
+        std::iter::once(&cfg.task).chain(&cfg.retain).chain(&cfg.selection.protect).map(String::as_str).collect();
+    let data_dir = crispr::datasets::data_dir_for(args.data_dir.as_deref(), &specs)?;
     // Fail on a bad task name before loading the model.
     for t in std::iter::once(&cfg.task).chain(&cfg.retain).chain(&cfg.selection.protect) {
         crispr::data::load_task(t, &data_dir).with_context(|| format!("task {t}"))?;
