@@ -59,6 +59,19 @@ pub trait WeightSource {
     fn has(&self, role: Role) -> bool;
     /// Read a tensor as f32, row-major, checking it has `shape` (`[rows, cols]` or `[len]`).
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>>;
+    /// The file or directory the weights come from, for error messages.
+    fn location(&self) -> &Path;
+}
+
+/// A NaN or infinite weight makes every score NaN downstream (printed as `null`): refuse it where
+/// the tensor is read, naming it.
+fn check_finite(path: &Path, name: &str, data: &[f32]) -> Result<()> {
+    match data.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => {
+            Err(Error::format(path, format!("tensor {name} holds a non-finite value ({}) at element {i}", data[i])))
+        }
+    }
 }
 
 /// Tensors addressed by their checkpoint name: for model families whose module tree does not fit
@@ -144,7 +157,7 @@ impl SafetensorsSource {
             let mut tensors = BTreeMap::new();
             for (name, info) in meta.tensors() {
                 let (_, end) = info.data_offsets;
-                if data_start + end > mmap.len() {
+                if data_start.checked_add(end).is_none_or(|e| e > mmap.len()) {
                     return Err(Error::format(
                         &path,
                         format!("tensor {name} extends past the end of the file: truncated?"),
@@ -176,6 +189,10 @@ impl WeightSource for SafetensorsSource {
 
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
         self.read_named(&role.hf_name(), shape)
+    }
+
+    fn location(&self) -> &Path {
+        NamedSource::origin(self)
     }
 }
 
@@ -211,11 +228,13 @@ impl NamedSource for SafetensorsSource {
         if bytes.len() != n * width {
             return Err(Error::format(&shard.path, format!("tensor {name}: byte size does not match its shape")));
         }
-        Ok(match info.dtype {
+        let data: Vec<f32> = match info.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             _ => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        })
+        };
+        check_finite(&shard.path, name, &data)?;
+        Ok(data)
     }
 }
 
@@ -240,6 +259,10 @@ impl WeightSource for GgufSource<'_> {
         self.file.tensor(&role.gguf_name()).is_some()
     }
 
+    fn location(&self) -> &Path {
+        &self.file.path
+    }
+
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
         let name = role.gguf_name();
         let t = self
@@ -252,6 +275,7 @@ impl WeightSource for GgufSource<'_> {
             return Err(shape_error(&self.file.path, &name, &found, shape));
         }
         let data = self.file.dequantize(t);
+        check_finite(&self.file.path, &name, &data)?;
         let heads = match (role, self.permuted_qk) {
             (Role::Weight(_, Proj::Q) | Role::Bias(_, Proj::Q), Some((h, _))) => Some(h),
             (Role::Weight(_, Proj::K) | Role::Bias(_, Proj::K), Some((_, kv))) => Some(kv),

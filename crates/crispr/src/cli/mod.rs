@@ -16,9 +16,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "crispr", version, about = "Find and remove bias neurons in instruction-following language models")]
 struct Cli {
-    /// Worker threads for matrix products (default: all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    /// Worker threads for matrix products (default: all cores; at most 1024).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,7 +58,8 @@ impl ModelArgs {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
-    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads =
+        cli.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().context("starting the thread pool")?;
     match cli.command {
         Command::Info(a) => info::run(a),

@@ -1,0 +1,238 @@
+//! Hostile inputs (issue 15): crafted files and arguments must give one clear error naming the
+//! file and the problem — never a panic, a hang, an absurd allocation or a silently wrong number.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::gguf_build::{self, set_meta, Meta, TensorSpec};
+use common::{crispr_bin, fixtures};
+use crispr::gguf::GgufFile;
+
+fn open_err(path: &Path) -> String {
+    match GgufFile::open(path) {
+        Ok(_) => panic!("{} must be refused", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn load_err(path: &Path) -> String {
+    match crispr::loader::load(path) {
+        Ok(_) => panic!("{} must be refused", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_has(msg: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(msg.contains(n), "{n:?} missing from: {msg}");
+    }
+}
+
+/// Run `f` on another thread; fail the test if it takes longer than `secs` (a hang).
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs)).expect("did not finish in time (hang?)")
+}
+
+fn tiny_gguf(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<(String, Meta)>, &mut Vec<TensorSpec>)) -> PathBuf {
+    let (mut meta, mut tensors) = gguf_build::tiny_llama();
+    edit(&mut meta, &mut tensors);
+    let path = dir.join(name);
+    gguf_build::write(&path, &meta, &tensors);
+    path
+}
+
+fn tensor<'a>(tensors: &'a mut [TensorSpec], name: &str) -> &'a mut TensorSpec {
+    tensors.iter_mut().find(|t| t.name == name).expect("tensor in the tiny model")
+}
+
+#[test]
+fn the_crafted_tiny_gguf_model_loads_and_scores() {
+    // The base every corruption below starts from must itself be valid.
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "ok.gguf", |_, _| {});
+    let m = crispr::loader::load(&path).unwrap();
+    let enc = crispr::score::encode(&m.text, m.prompt_style(false), "Hi?", &["yes".into(), "no".into()]).unwrap();
+    assert_eq!(*enc.candidates[0].last().unwrap(), 257, "<|im_end|> closes the turn");
+    let s = m.model.score(&enc.prompt, &enc.candidates);
+    assert!(s.iter().all(|x| x.is_finite() && *x < 0.0), "{s:?}");
+}
+
+#[test]
+fn gguf_alignment_near_2_pow_64_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "align.gguf", |m, _| set_meta(m, "general.alignment", Meta::U64(u64::MAX)));
+    assert_has(&open_err(&path), &["align.gguf", "general.alignment is 18446744073709551615", "power of two"]);
+    let path = tiny_gguf(dir.path(), "align0.gguf", |m, _| set_meta(m, "general.alignment", Meta::U32(0)));
+    assert_has(&open_err(&path), &["general.alignment is 0"]);
+}
+
+#[test]
+fn gguf_tensor_offsets_near_2_pow_64_or_wrapping_into_the_header_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "far.gguf", |_, t| t[1].offset = Some(u64::MAX - 31));
+    assert_has(&open_err(&path), &["far.gguf", "tensor output_norm.weight", "extends past the end"]);
+    // An offset that, added to the data start, wraps round to byte 0 of the file (the header).
+    let ok = tiny_gguf(dir.path(), "ok.gguf", |_, _| {});
+    let wrap = 0u64.wrapping_sub(GgufFile::open(&ok).unwrap().data_offset);
+    let path = tiny_gguf(dir.path(), "wrap.gguf", |_, t| t[0].offset = Some(wrap));
+    assert_has(&open_err(&path), &["wrap.gguf", "tensor token_embd.weight", "extends past the end"]);
+    let path = tiny_gguf(dir.path(), "odd.gguf", |_, t| t[1].offset = Some(7));
+    assert_has(&open_err(&path), &["offset 7 is not a multiple of the alignment 32"]);
+}
+
+#[test]
+fn gguf_dimensions_whose_product_overflows_are_an_error() {
+    // token_embd [64, 2^60] and no vocab_size key: the element count wraps to 0 in u64.
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "dims.gguf", |_, t| {
+        t[0] = TensorSpec { dims: vec![64, 1 << 60], ..t[0].clone() };
+    });
+    assert_has(&open_err(&path), &["dims.gguf", "tensor token_embd.weight", "extends past the end"]);
+    let o = Command::new(crispr_bin()).args(["info", "--model"]).arg(&path).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_has(&String::from_utf8_lossy(&o.stderr), &["crispr: error:", "dims.gguf", "token_embd.weight"]);
+}
+
+#[test]
+fn gguf_array_counts_are_checked_against_the_bytes_present() {
+    let dir = tempfile::tempdir().unwrap();
+    // An array of 2^40 arrays, each declared empty: 12 bytes per element in the file at least.
+    let mut payload = 9u32.to_le_bytes().to_vec();
+    payload.extend((1u64 << 40).to_le_bytes());
+    payload.extend([0u8; 64]);
+    let path = tiny_gguf(dir.path(), "nested.gguf", |m, _| m.insert(0, ("x.nested".into(), Meta::Raw(9, payload))));
+    assert_has(&open_err(&path), &["nested.gguf", "x.nested", "runs past the end"]);
+    // 200 000 real empty nested arrays (2.4 MB) load without reserving ~32 bytes per file byte.
+    let items: Vec<Vec<u8>> =
+        (0..200_000).map(|_| [0u32.to_le_bytes().to_vec(), 0u64.to_le_bytes().to_vec()].concat()).collect();
+    let path = tiny_gguf(dir.path(), "many.gguf", |m, _| m.insert(0, ("x.many".into(), Meta::Array(9, items))));
+    let f = GgufFile::open(&path).unwrap();
+    assert_eq!(f.get("x.many").and_then(|v| v.as_array()).map(<[_]>::len), Some(200_000));
+}
+
+#[test]
+fn absurd_layer_counts_fail_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        tiny_gguf(dir.path(), "blocks.gguf", |m, _| set_meta(m, "llama.block_count", Meta::U64(1_000_000_000_000)));
+    let err = within(60, move || load_err(&path));
+    assert_has(&err, &["blocks.gguf", "num_hidden_layers = 1000000000000 is implausibly large"]);
+    // Plausible but not backed by the file.
+    let path = tiny_gguf(dir.path(), "blocks3.gguf", |m, _| set_meta(m, "llama.block_count", Meta::U32(3)));
+    assert_has(&load_err(&path), &["blocks3.gguf", "3 layers but the weights lack layer 2"]);
+    // config.json of a checkpoint.
+    let ck = checkpoint_copy(dir.path(), "layers");
+    edit_json(&ck.join("config.json"), |v| v["num_hidden_layers"] = 1_000_000_000.into());
+    let err = within(60, move || load_err(&ck));
+    assert_has(&err, &["config.json", "num_hidden_layers = 1000000000 is implausibly large"]);
+}
+
+#[test]
+fn token_type_longer_than_the_token_list_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        tiny_gguf(dir.path(), "types.gguf", |m, _| set_meta(m, "tokenizer.ggml.token_type", Meta::i32s(&[1; 300])));
+    assert_has(&load_err(&path), &["types.gguf", "token_type has 300 entries but tokenizer.ggml.tokens has 258"]);
+}
+
+#[test]
+fn eos_token_id_outside_the_vocabulary_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "eos.gguf", |m, _| {
+        set_meta(m, "tokenizer.ggml.eos_token_id", Meta::U32(1_000_000));
+        set_meta(m, "tokenizer.chat_template", Meta::Str("{% for m in messages %}{{ m.content }}{% endfor %}".into()));
+    });
+    assert_has(&load_err(&path), &["eos.gguf", "tokenizer.ggml.eos_token_id", "is not an index into the 258 tokens"]);
+}
+
+#[test]
+fn non_finite_weights_and_constants_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "nan.gguf", |_, t| {
+        let q = tensor(t, "blk.0.attn_q.weight");
+        q.data[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    assert_has(
+        &load_err(&path),
+        &["nan.gguf", "tensor blk.0.attn_q.weight holds a non-finite value (NaN) at element 2"],
+    );
+    let path = tiny_gguf(dir.path(), "theta.gguf", |m, _| set_meta(m, "llama.rope.freq_base", Meta::F32(0.0)));
+    assert_has(&load_err(&path), &["theta.gguf", "rope_theta = 0 must be a positive finite number"]);
+    let ck = checkpoint_copy(dir.path(), "eps");
+    edit_json(&ck.join("config.json"), |v| v["rms_norm_eps"] = (-1e-6).into());
+    assert_has(&load_err(&ck), &["config.json", "rms_norm_eps = -0.000001 must be a positive finite number"]);
+    let ck = checkpoint_copy(dir.path(), "theta");
+    edit_json(&ck.join("config.json"), |v| v["rope_theta"] = 0.into());
+    assert_has(&load_err(&ck), &["rope_theta = 0 must be a positive finite number"]);
+    // A NaN in a safetensors checkpoint: overwrite the first value of the final norm.
+    let ck = checkpoint_copy(dir.path(), "nanck");
+    let st = ck.join("model.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header["model.norm.weight"]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    bytes[start..start + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    std::fs::write(&st, bytes).unwrap();
+    assert_has(
+        &load_err(&ck),
+        &["model.safetensors", "tensor model.norm.weight holds a non-finite value (inf) at element 0"],
+    );
+}
+
+#[test]
+fn a_chat_template_that_never_ends_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let endless = "{% for a in range(100000) %}{% for b in range(100000) %}{{ '' }}{% endfor %}{% endfor %}";
+    let path =
+        tiny_gguf(dir.path(), "loop.gguf", |m, _| set_meta(m, "tokenizer.chat_template", Meta::Str(endless.into())));
+    let err = within(120, move || load_err(&path));
+    assert_has(&err, &["loop.gguf", "chat template", "fuel"]);
+}
+
+#[test]
+fn prompts_longer_than_the_context_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "ctx.gguf", |_, _| {});
+    let m = crispr::loader::load(&path).unwrap();
+    let long = "word ".repeat(40); // 200 byte tokens > 64
+    let err = crispr::score::encode(&m.text, m.prompt_style(false), &long, &["a".into(), "b".into()]).unwrap_err();
+    assert_has(&err.to_string(), &["longer than the model's context of 64 tokens", "ctx.gguf"]);
+    // A 10 MB line is refused before it is tokenized.
+    let huge = "x".repeat(10 << 20);
+    let err = within(20, move || {
+        crispr::score::encode(&m.text, m.prompt_style(true), &huge, &["a".into(), "b".into()]).unwrap_err().to_string()
+    });
+    assert_has(&err, &["the prompt is 10485760 bytes", "context of 64 tokens"]);
+}
+
+#[test]
+fn absurd_thread_counts_are_refused_at_once() {
+    let o = Command::new(crispr_bin()).args(["--threads", "100000", "info"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_has(&String::from_utf8_lossy(&o.stderr), &["--threads", "100000 is not in 1..=1024"]);
+    let o = Command::new(crispr_bin()).args(["--threads", "0", "info"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+fn checkpoint_copy(dir: &Path, name: &str) -> PathBuf {
+    let src = fixtures().join("tiny").join("llama");
+    let dst = dir.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    dst
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
