@@ -93,6 +93,8 @@ fn write_gguf(src: &Path, rows: &RowsByModule, tmp: &Path) -> Result<()> {
 fn write_checkpoint(src: &Path, rows: &RowsByModule, tmp: &Path) -> Result<()> {
     std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
     let mut remaining: BTreeMap<String, &Vec<usize>> = rows.iter().map(|(m, r)| (m.clone(), r)).collect();
+    // Only the files the loader reads are pruned; any other file is copied as it is.
+    let weight_files = crate::weights::checkpoint_weight_files(src)?;
     for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
         let entry = entry.map_err(|e| Error::io(src, e))?;
         let path = entry.path();
@@ -100,7 +102,7 @@ fn write_checkpoint(src: &Path, rows: &RowsByModule, tmp: &Path) -> Result<()> {
             continue;
         }
         let dst = tmp.join(entry.file_name());
-        if path.extension().is_some_and(|x| x == "safetensors") {
+        if weight_files.contains(&path) {
             let mut bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes)
                 .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e:?}")))?;

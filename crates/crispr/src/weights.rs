@@ -97,6 +97,66 @@ struct Shard {
     tensors: BTreeMap<String, safetensors::tensor::TensorInfo>,
 }
 
+/// The weight files a checkpoint directory consists of: the shards named in
+/// `model.safetensors.index.json` when it exists, else `model.safetensors`. Nothing else — a stray
+/// `backup.safetensors` beside them is neither loaded, pruned nor checksummed. Loading, export
+/// and run checksums all use this one rule.
+///
+/// Shard names must be plain file names inside the directory: an index naming `../x` or an
+/// absolute path is refused rather than followed.
+pub fn checkpoint_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index_path = dir.join("model.safetensors.index.json");
+    if index_path.exists() {
+        let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::format(&index_path, "no \"weight_map\" object"))?;
+        let mut names = Vec::new();
+        for (tensor, file) in map {
+            let name = file
+                .as_str()
+                .ok_or_else(|| Error::format(&index_path, format!("weight_map entry {tensor:?} is not a file name")))?;
+            let plain = Path::new(name).components().count() == 1
+                && matches!(Path::new(name).components().next(), Some(std::path::Component::Normal(_)));
+            if !plain {
+                return Err(Error::format(
+                    &index_path,
+                    format!("shard {name:?} (of {tensor}) is not a file name inside the checkpoint directory"),
+                ));
+            }
+            names.push(name.to_string());
+        }
+        names.sort();
+        names.dedup();
+        return Ok(names.into_iter().map(|n| dir.join(n)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if !single.exists() {
+        let pickled = ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().any(|f| dir.join(f).exists());
+        if pickled {
+            // Pickle files can run arbitrary code when loaded; they are never read.
+            return Err(Error::format(
+                dir,
+                format!(
+                    "only pytorch_model.bin (a Python pickle) is present, and crispr reads safetensors \
+                     only. Convert it once with transformers: python -c \"from transformers import \
+                     AutoModelForSeq2SeqLM as M; M.from_pretrained('{d}').save_pretrained('{d}', \
+                     safe_serialization=True)\" (AutoModelForCausalLM for decoder-only models)",
+                    d = dir.display()
+                ),
+            ));
+        }
+        return Err(Error::format(
+            dir,
+            "no model.safetensors or model.safetensors.index.json in the checkpoint directory",
+        ));
+    }
+    Ok(vec![single])
+}
+
 /// A transformers checkpoint: one `model.safetensors` or shards listed in
 /// `model.safetensors.index.json`.
 pub struct SafetensorsSource {
@@ -107,44 +167,7 @@ pub struct SafetensorsSource {
 
 impl SafetensorsSource {
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::format(&index_path, "no \"weight_map\" object"))?;
-            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
-            names.sort();
-            names.dedup();
-            names.into_iter().map(|n| dir.join(n)).collect()
-        } else {
-            let single = dir.join("model.safetensors");
-            if !single.exists() {
-                let pickled =
-                    ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().any(|f| dir.join(f).exists());
-                if pickled {
-                    // Pickle files can run arbitrary code when loaded; they are never read.
-                    return Err(Error::format(
-                        dir,
-                        format!(
-                            "only pytorch_model.bin (a Python pickle) is present, and crispr reads safetensors \
-                             only. Convert it once with transformers: python -c \"from transformers import \
-                             AutoModelForSeq2SeqLM as M; M.from_pretrained('{d}').save_pretrained('{d}', \
-                             safe_serialization=True)\" (AutoModelForCausalLM for decoder-only models)",
-                            d = dir.display()
-                        ),
-                    ));
-                }
-                return Err(Error::format(
-                    dir,
-                    "no model.safetensors or model.safetensors.index.json in the checkpoint directory",
-                ));
-            }
-            vec![single]
-        };
+        let files = checkpoint_weight_files(dir)?;
         let mut shards = Vec::new();
         let mut index = BTreeMap::new();
         for path in files {

@@ -236,3 +236,155 @@ fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     f(&mut v);
     std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
+
+// ---- silently wrong results ----
+
+/// `crispr ARGS` with a data directory set, returning (exit code, stderr).
+fn cli(args: &[&str], data_dir: &Path) -> (Option<i32>, String) {
+    let o = Command::new(crispr_bin()).args(args).env("CRISPR_DATA_DIR", data_dir).output().unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// A custom task of `n` yes/no prompts.
+fn yes_no_task(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join(format!("yn{n}.jsonl"));
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"prompt\": \"Is {i} even?\", \"candidates\": [\"yes\", \"no\"], \"label\": {}}}\n", i % 2))
+        .collect();
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+#[test]
+fn a_stray_safetensors_file_is_neither_loaded_nor_pruned() {
+    use crispr::export::{write_pruned, RowsByModule};
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoint_copy(dir.path(), "ck");
+    let original = std::fs::read(ck.join("model.safetensors")).unwrap();
+    // Sorts before model.safetensors in any directory listing.
+    std::fs::write(ck.join("aaa_backup.safetensors"), &original).unwrap();
+    let loaded = crispr::loader::load(&ck).unwrap();
+    let module = "model.layers.0.mlp.up_proj";
+    let rows: RowsByModule = [(module.to_string(), vec![0, 5])].into();
+    let out = dir.path().join("pruned");
+    write_pruned(&loaded.format, &rows, &out).unwrap();
+    let pruned = common::read_safetensors(&out.join("model.safetensors"));
+    let (shape, w) = &pruned[&format!("{module}.weight")];
+    let cols = shape[1];
+    assert!(w[..cols].iter().chain(&w[5 * cols..6 * cols]).all(|&x| x == 0.0), "rows 0 and 5 zeroed in the model");
+    assert!(w[cols..2 * cols].iter().any(|&x| x != 0.0));
+    assert_eq!(
+        std::fs::read(out.join("aaa_backup.safetensors")).unwrap(),
+        original,
+        "the stray file is copied untouched"
+    );
+}
+
+#[test]
+fn shard_paths_outside_the_checkpoint_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, shard) in [("up", "../outside.safetensors".to_string()), ("abs", "/etc/passwd".to_string())] {
+        let ck = checkpoint_copy(dir.path(), name);
+        let index = serde_json::json!({"weight_map": {"model.norm.weight": shard}});
+        std::fs::write(ck.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let err = load_err(&ck);
+        assert_has(&err, &["model.safetensors.index.json", "is not a file name inside the checkpoint directory"]);
+    }
+}
+
+#[test]
+fn non_finite_lambda_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for v in ["NaN", "inf", "-inf"] {
+        let lambda = format!("--lambda={v}");
+        let (code, err) = cli(&["attribute", "--model", "m.gguf", "--out", "x", &lambda], dir.path());
+        assert_eq!(code, Some(2), "{err}");
+        assert_has(&err, &["--lambda", "is not a finite number"]);
+    }
+}
+
+#[test]
+fn evaluating_or_attributing_nothing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_gguf(d, "m.gguf", |_, _| {});
+    let (m, out) = (model.to_str().unwrap(), d.join("out"));
+    let task20 = format!("jsonl:{}", yes_no_task(d, 20).display());
+    let (code, err) =
+        cli(&["eval", "--model", m, "--task", &task20, "--limit", "0", "--out", out.to_str().unwrap()], d);
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["--limit 0 selects no instances"]);
+    // One example: its dev split is empty.
+    let task1 = format!("jsonl:{}", yes_no_task(d, 1).display());
+    let (code, err) =
+        cli(&["eval", "--model", m, "--task", &task1, "--split", "dev", "--out", out.to_str().unwrap()], d);
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["yn1.jsonl", "no instances to evaluate (empty split or limit 0)"]);
+    assert!(!out.join("metrics.json").exists());
+    let (code, err) =
+        cli(&["attribute", "--model", m, "--task", &task20, "--samples", "0", "--out", out.to_str().unwrap()], d);
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["--samples 0 attributes nothing"]);
+}
+
+#[test]
+fn eval_top_or_random_beyond_the_universe_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_gguf(d, "m.gguf", |_, _| {});
+    let m = model.to_str().unwrap();
+    let task = format!("jsonl:{}", yes_no_task(d, 20).display());
+    let attr = d.join("attr");
+    let (code, err) =
+        cli(&["attribute", "--model", m, "--task", &task, "--samples", "2", "--out", attr.to_str().unwrap()], d);
+    assert_eq!(code, Some(0), "{err}");
+    let out = d.join("ev");
+    let (code, err) = cli(
+        &[
+            "eval",
+            "--model",
+            m,
+            "--task",
+            &task,
+            "--scores",
+            attr.to_str().unwrap(),
+            "--top",
+            "99999999",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        d,
+    );
+    assert_eq!(code, Some(2));
+    // 1 layer: q, k, v, o (8 each), gate, up (16), down (8).
+    assert_has(&err, &["--top 99999999 exceeds the 72 neurons of the linear universe"]);
+    let (code, err) =
+        cli(&["eval", "--model", m, "--task", &task, "--random", "73", "--out", out.to_str().unwrap()], d);
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["--random 73 exceeds the 72 neurons of the linear universe"]);
+    assert!(!out.exists());
+}
+
+#[test]
+fn duplicate_candidates_in_a_custom_task_are_refused() {
+    let err = crispr::data::custom::parse(
+        Path::new("dup.jsonl"),
+        b"{\"prompt\": \"p\", \"candidates\": [\"a\", \"b\"], \"label\": 0}\n{\"prompt\": \"q\", \"candidates\": [\"yes\", \"no\", \"yes\"], \"label\": \"yes\"}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "dup.jsonl: line 2: candidates 0 and 2 are both \"yes\"; candidates must differ");
+}
+
+#[test]
+fn bbq_categories_cannot_name_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let lite = dir.path().join("bbq_lite").join("data");
+    std::fs::create_dir_all(&lite).unwrap();
+    std::fs::create_dir_all(dir.path().join("bbq").join("data")).unwrap();
+    std::fs::write(lite.join("SES.jsonl"), "{}\n").unwrap();
+    for spec in ["bbq:../../bbq_lite/data/SES", "bbq:..", "bbq:/etc/passwd", "bbq-lite:..\\SES"] {
+        let err = crispr::data::load_task(spec, dir.path()).unwrap_err().to_string();
+        assert_has(&err, &["must be a plain name such as Age, not a path"]);
+    }
+}

@@ -150,9 +150,12 @@ pub fn model_checksum(path: &Path) -> String {
     if path.is_file() {
         return sha256_of(path);
     }
+    // The weight files the loader reads (the same rule as loading and export), plus the JSON
+    // files (configuration, tokenizer, index).
     let mut files: Vec<PathBuf> =
         std::fs::read_dir(path).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "json"));
+    files.retain(|p| p.extension().is_some_and(|x| x == "json"));
+    files.extend(crispr::weights::checkpoint_weight_files(path).unwrap_or_default());
     files.sort();
     let joined: Vec<String> = files
         .iter()
