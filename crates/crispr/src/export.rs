@@ -40,7 +40,11 @@ pub fn write_pruned(format: &ModelFormat, rows: &RowsByModule, out: &Path) -> Re
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+        // Name the requested output, not the hidden temporary it was being built under.
+        return Err(match e {
+            Error::Io { path, source } if path.starts_with(&tmp) => Error::io(out, source),
+            other => other,
+        });
     }
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
 }

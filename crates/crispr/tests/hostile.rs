@@ -362,7 +362,7 @@ fn eval_top_or_random_beyond_the_universe_is_an_error() {
         cli(&["eval", "--model", m, "--task", &task, "--random", "73", "--out", out.to_str().unwrap()], d);
     assert_eq!(code, Some(2));
     assert_has(&err, &["--random 73 exceeds the 72 neurons of the linear universe"]);
-    assert!(!out.exists());
+    assert!(!out.join("metrics.json").exists());
 }
 
 #[test]
@@ -387,4 +387,185 @@ fn bbq_categories_cannot_name_paths() {
         let err = crispr::data::load_task(spec, dir.path()).unwrap_err().to_string();
         assert_has(&err, &["must be a plain name such as Age, not a path"]);
     }
+}
+
+// ---- writes ----
+
+/// A run configuration for the crafted GGUF model on a custom task (`limit` 0: the whole test
+/// split, to make a run last).
+fn run_config(model: &str, task: &str, limit: usize) -> String {
+    format!(
+        r#"model = "{model}"
+task = "{task}"
+retain = []
+preset = "test"
+split_seed = 0
+
+[attribution]
+samples = 4
+seeds = [2026]
+instructions = 0
+
+[attribution.settings]
+universe = "linear"
+objective = "prob"
+token_agg = "max"
+disentangle = "per-instance"
+lambda = 1.0
+alpha = true
+
+[search]
+lo = 0
+hi = 6
+final_width = 2
+dev_limit = 4
+instructions = 0
+seed = 0
+
+[test]
+limit = {limit}
+instructions = 0
+retain_limit = 4
+retain_instructions = 0
+random_seeds = [1]
+seed = 0
+"#
+    )
+}
+
+fn run_cmd(cwd: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(crispr_bin());
+    cmd.current_dir(cwd)
+        .args(["run"])
+        .args(args)
+        .env("CRISPR_DATA_DIR", cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+fn finish(cmd: &mut Command) -> (Option<i32>, String) {
+    let o = cmd.output().unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn run_out_must_be_a_run_directory_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_gguf(d, "m.gguf", |_, _| {});
+    yes_no_task(d, 100);
+    std::fs::write(d.join("run.toml"), run_config("m.gguf", "jsonl:yn100.jsonl", 8)).unwrap();
+    // A folder of the user's own files.
+    let mine = d.join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("report.md"), "my notes").unwrap();
+    std::fs::write(mine.join("metrics.json"), "{}").unwrap();
+    let (code, err) = finish(&mut run_cmd(d, &["--config", "run.toml", "--out", "mine"]));
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["mine: holds other files (metrics.json, report.md, …) and is not a crispr run directory"]);
+    assert_eq!(std::fs::read_to_string(mine.join("report.md")).unwrap(), "my notes");
+    // A file, and a place that cannot be written (under /proc even root cannot create folders).
+    std::fs::write(d.join("afile"), "x").unwrap();
+    let (code, err) = finish(&mut run_cmd(d, &["--config", "run.toml", "--out", "afile"]));
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["afile: is not a directory"]);
+    let (code, err) = finish(&mut run_cmd(d, &["--config", "run.toml", "--out", "/proc/crispr-run"]));
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["/proc/crispr-run"]);
+    assert!(!err.contains("attribution"), "refused before any work: {err}");
+    // eval and attribute check their --out before loading anything.
+    let (code, err) = cli(&["eval", "--model", "nonexistent", "--out", d.join("afile").to_str().unwrap()], d);
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["afile: is not a directory"]);
+}
+
+#[test]
+fn config_toml_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_gguf(d, "m.gguf", |_, _| {});
+    yes_no_task(d, 100);
+    let base = run_config("m.gguf", "jsonl:yn100.jsonl", 8);
+    for (edit, want) in [
+        (base.replace("lo = 0", "lo = 9"), "search.lo = 9 is larger than search.hi = 6"),
+        (base.replace("alpha = true", "alpha = true\ncompat = \"nonsense\""), "compat = \"nonsense\" is unknown"),
+        (base.replace("seed = 0\n", "seed = 0\nsamplez = 3\n"), "unknown field `samplez`"),
+        (base.replace("lambda = 1.0", "lambda = nan"), "lambda = NaN is not a finite number"),
+        (base.replace("samples = 4", "samples = 0"), "attribution.samples is 0"),
+    ] {
+        std::fs::write(d.join("bad.toml"), edit).unwrap();
+        let (code, err) = finish(&mut run_cmd(d, &["--config", "bad.toml", "--out", "r"]));
+        assert_eq!(code, Some(2), "{err}");
+        assert_has(&err, &["bad.toml", want]);
+        assert!(!d.join("r").exists(), "nothing written for an invalid configuration");
+    }
+}
+
+fn wait_for_lock(dir: &Path) {
+    let lock = dir.join(crispr::lock::LOCK_FILE);
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|t| t.contains("pid")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the first run never took the lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn two_runs_on_one_directory_the_second_is_refused_and_a_killed_holder_does_not_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_gguf(d, "m.gguf", |_, _| {});
+    yes_no_task(d, 3000);
+    // Relative paths, resolved against the config file's folder.
+    std::fs::write(d.join("run.toml"), run_config("m.gguf", "jsonl:yn3000.jsonl", 0)).unwrap();
+    let first = run_cmd(d, &["--config", "run.toml", "--out", "r"]).spawn().unwrap();
+    wait_for_lock(&d.join("r"));
+    let (code, err) = finish(&mut run_cmd(d, &["--config", "run.toml", "--out", "r"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert_has(&err, &["r: is in use by crispr pid", "wait for it to finish or choose another directory"]);
+    let o = first.wait_with_output().unwrap();
+    assert!(o.status.success(), "the first run completes: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(d.join("r").join("metrics.json").is_file());
+    // config.toml recorded absolute paths: it replays from any folder.
+    let cfg = std::fs::read_to_string(d.join("r").join("config.toml")).unwrap();
+    assert!(cfg.contains(&format!("model = \"{}", d.display())), "{cfg}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut cmd = run_cmd(elsewhere.path(), &["--config"]);
+    cmd.arg(d.join("r").join("config.toml")).arg("--out").arg(d.join("r"));
+    let (code, err) = finish(&mut cmd);
+    assert_eq!(code, Some(0), "{err}");
+    assert_has(&err, &["resuming"]);
+
+    // kill -9 while holding the lock: the next run is not blocked and resumes.
+    let mut victim = run_cmd(d, &["--config", "run.toml", "--out", "k"]).spawn().unwrap();
+    wait_for_lock(&d.join("k"));
+    victim.kill().unwrap();
+    let _ = victim.wait();
+    let (code, err) = finish(&mut run_cmd(d, &["--config", "run.toml", "--out", "k"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(d.join("k").join("metrics.json").is_file());
+}
+
+#[test]
+fn resuming_after_the_model_or_task_changed_in_place_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_gguf(d, "m.gguf", |_, _| {});
+    yes_no_task(d, 100);
+    std::fs::write(d.join("run.toml"), run_config("m.gguf", "jsonl:yn100.jsonl", 8)).unwrap();
+    let (code, err) = finish(&mut run_cmd(d, &["--config", "run.toml", "--out", "r"]));
+    assert_eq!(code, Some(0), "{err}");
+    // The same model with one weight changed, written over the original.
+    tiny_gguf(d, "m.gguf", |_, t| tensor(t, "blk.0.attn_v.weight").data[0] ^= 1);
+    let (code, err) = finish(&mut run_cmd(d, &["--config", "run.toml", "--out", "r"]));
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["inputs.json: the model's files changed since this run started"]);
+    tiny_gguf(d, "m.gguf", |_, _| {});
+    let mut lines = std::fs::read_to_string(d.join("yn100.jsonl")).unwrap();
+    lines = lines.replacen("Is 0 even?", "Is zero even?", 1);
+    std::fs::write(d.join("yn100.jsonl"), lines).unwrap();
+    let (code, err) = finish(&mut run_cmd(d, &["--config", "run.toml", "--out", "r"]));
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["the data of task jsonl:", "yn100.jsonl changed since this run started"]);
 }

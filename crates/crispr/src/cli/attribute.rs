@@ -109,6 +109,7 @@ impl AttributeArgs {
 
 pub fn run(args: AttributeArgs) -> Result<()> {
     let settings = args.settings()?;
+    super::common::check_out_dir(&args.out)?;
     let lt = args.task.load()?;
     let loaded = args.model.load()?;
     let sample_sets: Vec<(u64, Vec<usize>)> = match args.samples {

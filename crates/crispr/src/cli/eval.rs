@@ -59,6 +59,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.limit == Some(0) {
         bail!("--limit 0 selects no instances; give a positive number or leave it out for the whole split");
     }
+    super::common::check_out_dir(&args.out)?;
     let lt = args.task.load()?;
     let mut loaded = args.model.load()?;
     let mut indices = split_indices(&lt.task, args.split, args.task.split_seed, 0.1);

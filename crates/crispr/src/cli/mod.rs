@@ -51,9 +51,33 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<crispr::loader::LoadedModel> {
-        let path: PathBuf = crispr::resolve::resolve_model(self.model.as_deref())?;
+        let path: PathBuf = resolve_model(self.model.as_deref())?;
         crispr::loader::load(&path).with_context(|| "loading the model".to_string())
     }
+}
+
+/// [`crispr::resolve::resolve_model`], except that a missing path that can only be a local one
+/// (its first folder exists here, or it names a .gguf/.safetensors file) is reported as a missing
+/// file instead of being looked up on the Hub as `org/name`.
+pub fn resolve_model(arg: Option<&str>) -> Result<PathBuf> {
+    if let Some(a) = arg {
+        let p = std::path::Path::new(a);
+        if !p.exists() {
+            let repo = a.split('@').next().unwrap_or(a);
+            let org = repo.split('/').next().unwrap_or("");
+            let why = if repo.contains('/') && !org.is_empty() && std::path::Path::new(org).is_dir() {
+                Some(format!("{org}/ is a folder here, so this is a local path"))
+            } else if [".gguf", ".ggf", ".safetensors", ".json"].iter().any(|x| repo.ends_with(x)) {
+                Some("it names a model file".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                anyhow::bail!("{a}: no such file or directory ({why}, not a Hub id)");
+            }
+        }
+    }
+    Ok(crispr::resolve::resolve_model(arg)?)
 }
 
 pub fn run() -> Result<()> {
