@@ -569,3 +569,84 @@ fn resuming_after_the_model_or_task_changed_in_place_is_refused() {
     assert_eq!(code, Some(2));
     assert_has(&err, &["the data of task jsonl:", "yn100.jsonl changed since this run started"]);
 }
+
+// ---- unclear messages ----
+
+#[test]
+fn a_mistyped_local_model_path_is_not_taken_for_a_hub_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("models")).unwrap();
+    let cache = d.join("cache");
+    let o = Command::new(crispr_bin())
+        .current_dir(d)
+        .args(["info", "--model", "models/tiny.ggf"])
+        .env("CRISPR_CACHE_DIR", &cache)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.trim(),
+        "crispr: error: models/tiny.ggf: no such file or directory (models/ is a folder here, so this is a local path, not a Hub id)"
+    );
+    assert!(!cache.exists(), "no stray cache folder");
+}
+
+#[test]
+fn io_errors_name_the_users_file_once_and_leave_no_temporaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_gguf(d, "m.gguf", |_, _| {});
+    let task = format!("jsonl:{}", yes_no_task(d, 20).display());
+    let out = d.join("ev");
+    // A file-size limit of 1 block stands in for a full disk: writes past it fail with EFBIG.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 1; exec '{}' eval --model '{}' --task '{task}' --limit 4 --split all --out '{}'",
+        crispr_bin().display(),
+        model.display(),
+        out.display()
+    );
+    let o = Command::new("sh").arg("-c").arg(&script).env("CRISPR_DATA_DIR", d).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    let line = err.lines().last().unwrap();
+    assert!(
+        line.starts_with(&format!("crispr: error: {}: File too large", out.join("metrics.json").display())),
+        "{err}"
+    );
+    assert_eq!(line.matches("File too large").count(), 1, "cause printed once: {line}");
+    assert!(!line.contains(".tmp-"), "{line}");
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "temporaries left: {left:?}");
+    // The library function itself.
+    let err = crispr::neurons::atomic_write(Path::new("/proc/crispr-test.json"), b"{}").unwrap_err().to_string();
+    assert!(err.starts_with("/proc/crispr-test.json: ") && !err.contains(".tmp-"), "{err}");
+}
+
+#[test]
+fn a_closed_pipe_ends_score_quietly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_gguf(d, "m.gguf", |_, _| {});
+    let input = d.join("in.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"Hi\", \"candidates\": [\"a\", \"b\"]}\n".repeat(5000)).unwrap();
+    let mut child = Command::new(crispr_bin())
+        .args(["score", "--raw", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("logprobs"), "{first}");
+    // The reader is dropped here, as `| head -1` exits.
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
+}
