@@ -35,6 +35,19 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::format(path, format!("tokenizer: {e}"))
 }
 
+/// Parse `tokenizer.json`. The tokenizers library panics (`expect`) on some malformed JSON while
+/// streaming it, so the text is parsed to a JSON value first (syntax errors become errors here)
+/// and only a well-formed value is handed over; a panic that still escapes it is an error too.
+fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: Json = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+    match std::panic::catch_unwind(move || serde_json::from_value::<tokenizers::Tokenizer>(value)) {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(tok_err(path, e)),
+        Err(_) => Err(tok_err(path, "malformed tokenizer definition (rejected by the tokenizers library)")),
+    }
+}
+
 /// `"<s>"` or `{"content": "<s>", …}` in tokenizer_config.json.
 fn token_string(v: Option<&Json>) -> Option<String> {
     match v? {
@@ -52,7 +65,7 @@ impl TextCodec {
         if !tok_path.exists() {
             return Err(Error::format(dir, "tokenizer.json is missing from the checkpoint directory"));
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| tok_err(&tok_path, e))?;
+        let tokenizer = read_tokenizer_json(&tok_path)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Json = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;

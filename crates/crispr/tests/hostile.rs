@@ -650,3 +650,13 @@ fn a_closed_pipe_ends_score_quietly() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&o.stderr), "");
 }
+
+#[test]
+fn a_truncated_tokenizer_json_is_an_error_not_a_panic() {
+    // Found by tests/fuzz.rs: the tokenizers library panics on some malformed JSON.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoint_copy(dir.path(), "tk");
+    let text = std::fs::read(ck.join("tokenizer.json")).unwrap();
+    std::fs::write(ck.join("tokenizer.json"), &text[..text.len() / 2]).unwrap();
+    assert_has(&load_err(&ck), &["tokenizer.json: invalid JSON: EOF while parsing"]);
+}
