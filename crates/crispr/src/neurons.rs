@@ -128,6 +128,13 @@ pub fn read_scores(dir: &Path, sites: &[SiteInfo]) -> Result<Scores> {
         }
         scores.per_site[i] =
             view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect();
+        // A NaN ranks arbitrarily: pruning by such scores would succeed and mean nothing.
+        if let Some(row) = scores.per_site[i].iter().position(|x| !x.is_finite()) {
+            return Err(Error::format(
+                &path,
+                format!("{name}: score of row {row} is {} (not a finite number)", scores.per_site[i][row]),
+            ));
+        }
         found += 1;
     }
     let expected = sites.iter().filter(|s| s.universe == universe).count();

@@ -660,3 +660,31 @@ fn a_truncated_tokenizer_json_is_an_error_not_a_panic() {
     std::fs::write(ck.join("tokenizer.json"), &text[..text.len() / 2]).unwrap();
     assert_has(&load_err(&ck), &["tokenizer.json: invalid JSON: EOF while parsing"]);
 }
+
+#[test]
+fn non_finite_attribution_scores_are_refused_by_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny_gguf(d, "m.gguf", |_, _| {});
+    let m = model.to_str().unwrap();
+    let task = format!("jsonl:{}", yes_no_task(d, 20).display());
+    let attr = d.join("attr");
+    let (code, err) =
+        cli(&["attribute", "--model", m, "--task", &task, "--samples", "2", "--out", attr.to_str().unwrap()], d);
+    assert_eq!(code, Some(0), "{err}");
+    let st = attr.join("scores.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header["model.layers.0.mlp.up_proj"]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    bytes[start + 12..start + 16].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&st, bytes).unwrap();
+    let out = d.join("p.gguf");
+    let (code, err) = cli(
+        &["prune", "--model", m, "--scores", attr.to_str().unwrap(), "--top", "3", "--out", out.to_str().unwrap()],
+        d,
+    );
+    assert_eq!(code, Some(2));
+    assert_has(&err, &["scores.safetensors: model.layers.0.mlp.up_proj: score of row 3 is NaN (not a finite number)"]);
+    assert!(!out.exists());
+}
