@@ -30,16 +30,13 @@ pub struct Encoded {
 const MAX_BYTES_PER_TOKEN: usize = 64;
 
 pub fn encode(text: &TextCodec, style: PromptStyle, prompt: &str, candidates: &[String]) -> Result<Encoded> {
-    let too_long = |what: &str, n: String, limit: usize| {
-        Error::msg(format!(
-            "{what} is {n} tokens, longer than the model's context of {limit} tokens ({})",
-            text.source.display()
-        ))
+    let too_long = |what: String, limit: usize| {
+        Error::msg(format!("{what}, longer than the model's context of {limit} tokens ({})", text.source.display()))
     };
     // A multi-megabyte line would take gigabytes to tokenize and run: refuse it up front.
     if let Some(limit) = text.max_tokens {
         if prompt.len() > limit.saturating_mul(MAX_BYTES_PER_TOKEN) {
-            return Err(too_long("the prompt", format!("{} bytes, so surely more than {limit}", prompt.len()), limit));
+            return Err(too_long(format!("the prompt is {} bytes, far more than {limit} tokens", prompt.len()), limit));
         }
     }
     let prompt_ids = match style {
@@ -71,7 +68,7 @@ pub fn encode(text: &TextCodec, style: PromptStyle, prompt: &str, candidates: &[
             PromptStyle::Chat | PromptStyle::Raw => prompt_ids.len() + longest,
         };
         if total > limit {
-            return Err(too_long("the prompt with its longest candidate", total.to_string(), limit));
+            return Err(too_long(format!("the prompt with its longest candidate is {total} tokens"), limit));
         }
     }
     Ok(Encoded { prompt: prompt_ids, candidates: cands })

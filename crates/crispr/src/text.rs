@@ -143,7 +143,11 @@ impl TextCodec {
             match v.as_u64() {
                 Some(i) if (i as usize) < tokens.len() => Ok(Some(i as u32)),
                 _ => {
-                    Err(Error::format(path, format!("{key} = {v:?} is not an index into the {} tokens", tokens.len())))
+                    let shown = v.as_u64().map_or_else(|| format!("{v:?}"), |n| n.to_string());
+                    Err(Error::format(
+                        path,
+                        format!("{key} = {shown} is not an index into the {} tokens", tokens.len()),
+                    ))
                 }
             }
         };

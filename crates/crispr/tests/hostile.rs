@@ -149,7 +149,10 @@ fn eos_token_id_outside_the_vocabulary_is_an_error() {
         set_meta(m, "tokenizer.ggml.eos_token_id", Meta::U32(1_000_000));
         set_meta(m, "tokenizer.chat_template", Meta::Str("{% for m in messages %}{{ m.content }}{% endfor %}".into()));
     });
-    assert_has(&load_err(&path), &["eos.gguf", "tokenizer.ggml.eos_token_id", "is not an index into the 258 tokens"]);
+    assert_has(
+        &load_err(&path),
+        &["eos.gguf: tokenizer.ggml.eos_token_id = 1000000 is not an index into the 258 tokens"],
+    );
 }
 
 #[test]
