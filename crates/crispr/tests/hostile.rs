@@ -115,6 +115,12 @@ fn gguf_array_counts_are_checked_against_the_bytes_present() {
     let path = tiny_gguf(dir.path(), "many.gguf", |m, _| m.insert(0, ("x.many".into(), Meta::Array(9, items))));
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.get("x.many").and_then(|v| v.as_array()).map(<[_]>::len), Some(200_000));
+    // 9 MB of one-byte elements would be 9 M values of 32 bytes each in memory: refused.
+    let mut payload = 0u32.to_le_bytes().to_vec();
+    payload.extend(9_000_000u64.to_le_bytes());
+    payload.resize(payload.len() + 9_000_000, 1);
+    let path = tiny_gguf(dir.path(), "bytes.gguf", |m, _| m.insert(0, ("x.bytes".into(), Meta::Raw(9, payload))));
+    assert_has(&open_err(&path), &["bytes.gguf: x.bytes: more than 8388608 metadata values"]);
 }
 
 #[test]
