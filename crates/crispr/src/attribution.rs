@@ -38,6 +38,7 @@ pub enum Disentangle {
 /// Every switch of the method. `compat` reproduces the authors' re-release and overrides the
 /// objective, disentanglement and weighting (see [`Settings::biasneuron`]).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub universe: Universe,
     pub objective: Objective,

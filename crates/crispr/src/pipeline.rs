@@ -30,6 +30,7 @@ use crate::verdict::{judge, means, paired_deltas, Outcomes, TaskDeltas, Verdict}
 /// Everything that determines a run's results. Written as `config.toml`; `crispr run --config`
 /// replays it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// Model as given (`default` for the built-in one).
     pub model: String,
@@ -46,6 +47,7 @@ pub struct RunConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AttributionConfig {
     /// Dev instances per seed.
     pub samples: usize,
@@ -56,6 +58,7 @@ pub struct AttributionConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SearchConfig {
     pub lo: usize,
     pub hi: usize,
@@ -71,6 +74,7 @@ pub struct SearchConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TestConfig {
     /// Test instances of the target task (`0` = all).
     pub limit: usize,
@@ -189,6 +193,38 @@ impl RunConfig {
             }
             other => Err(Error::msg(format!("unknown preset {other:?} (quick, paper or retain)"))),
         }
+    }
+
+    /// Reject settings that would crash a stage or silently compute something else than asked
+    /// (a hand-edited config.toml). Returns the first problem, naming the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let a = &self.attribution;
+        if self.task.trim().is_empty() {
+            return Err("task is empty".into());
+        }
+        if a.samples == 0 {
+            return Err("attribution.samples is 0: nothing would be attributed".into());
+        }
+        if a.seeds.is_empty() {
+            return Err("attribution.seeds is empty".into());
+        }
+        if !a.settings.lambda.is_finite() {
+            return Err(format!("attribution.settings.lambda = {} is not a finite number", a.settings.lambda));
+        }
+        match a.settings.compat.as_deref() {
+            None | Some("biasneuron") => {}
+            Some(other) => {
+                return Err(format!("attribution.settings.compat = {other:?} is unknown (known: biasneuron)"))
+            }
+        }
+        let s = &self.search;
+        if s.lo > s.hi {
+            return Err(format!("search.lo = {} is larger than search.hi = {}", s.lo, s.hi));
+        }
+        if s.final_width == 0 {
+            return Err("search.final_width must be at least 1".into());
+        }
+        Ok(())
     }
 }
 

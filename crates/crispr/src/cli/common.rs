@@ -141,6 +141,25 @@ impl std::str::FromStr for Samples {
     }
 }
 
+/// Check an output directory before any computation: it is (or can be made) a directory and a
+/// file can be written in it. Catches `--out` naming a file or a read-only place at once rather
+/// than after minutes of work.
+pub fn check_out_dir(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("{}: is not a directory (--out names a directory)", out.display());
+    }
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: cannot create the directory: {e}", out.display()))?;
+    check_writable(out)
+}
+
+/// A file can be created in `dir` (probed with a hidden file that is removed at once).
+pub fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".crispr-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| anyhow::anyhow!("{}: cannot write here: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 pub fn sha256_of(path: &Path) -> String {
     crispr::resolve::sha256_file(path).unwrap_or_else(|_| "unavailable".into())
 }
@@ -150,9 +169,12 @@ pub fn model_checksum(path: &Path) -> String {
     if path.is_file() {
         return sha256_of(path);
     }
+    // The weight files the loader reads (the same rule as loading and export), plus the JSON
+    // files (configuration, tokenizer, index).
     let mut files: Vec<PathBuf> =
         std::fs::read_dir(path).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "json"));
+    files.retain(|p| p.extension().is_some_and(|x| x == "json"));
+    files.extend(crispr::weights::checkpoint_weight_files(path).unwrap_or_default());
     files.sort();
     let joined: Vec<String> = files
         .iter()

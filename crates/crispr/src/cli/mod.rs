@@ -17,9 +17,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "crispr", version, about = "Find and remove bias neurons in instruction-following language models")]
 struct Cli {
-    /// Worker threads for matrix products (default: all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    /// Worker threads for matrix products (default: all cores; at most 1024).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     /// Never download anything (datasets, models); fail with what to put where instead.
     #[arg(long, global = true)]
     offline: bool,
@@ -57,9 +57,33 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<crispr::loader::LoadedModel> {
-        let path: PathBuf = crispr::resolve::resolve_model(self.model.as_deref())?;
+        let path: PathBuf = resolve_model(self.model.as_deref())?;
         crispr::loader::load(&path).with_context(|| "loading the model".to_string())
     }
+}
+
+/// [`crispr::resolve::resolve_model`], except that a missing path that can only be a local one
+/// (its first folder exists here, or it names a .gguf/.safetensors file) is reported as a missing
+/// file instead of being looked up on the Hub as `org/name`.
+pub fn resolve_model(arg: Option<&str>) -> Result<PathBuf> {
+    if let Some(a) = arg {
+        let p = std::path::Path::new(a);
+        if !p.exists() {
+            let repo = a.split('@').next().unwrap_or(a);
+            let org = repo.split('/').next().unwrap_or("");
+            let why = if repo.contains('/') && !org.is_empty() && std::path::Path::new(org).is_dir() {
+                Some(format!("{org}/ is a folder here, so this is a local path"))
+            } else if [".gguf", ".ggf", ".safetensors", ".json"].iter().any(|x| repo.ends_with(x)) {
+                Some("it names a model file".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                anyhow::bail!("{a}: no such file or directory ({why}, not a Hub id)");
+            }
+        }
+    }
+    Ok(crispr::resolve::resolve_model(arg)?)
 }
 
 pub fn run() -> Result<()> {
@@ -67,7 +91,8 @@ pub fn run() -> Result<()> {
     if cli.offline {
         crispr::datasets::set_offline(true);
     }
-    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads =
+        cli.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().context("starting the thread pool")?;
     match cli.command {
         Command::Info(a) => info::run(a),

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -7,6 +7,7 @@ use super::common::{self, progress};
 use crispr::neurons::atomic_write;
 use crispr::pipeline::{run as run_pipeline, Progress, RunConfig};
 use crispr::retention::RetentionConstraint;
+use crispr::rundir::Inputs;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -123,8 +124,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     let cfg = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-            toml::from_str::<RunConfig>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: invalid run configuration: {e}", path.display()))?
+            let mut cfg = toml::from_str::<RunConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: invalid run configuration: {e}", path.display()))?;
+            cfg.validate().map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
+            // Relative paths in a configuration file are relative to the file's folder.
+            let base = path.parent().unwrap_or(Path::new(""));
+            map_local_paths(&mut cfg, |p| (!p.is_absolute()).then(|| base.join(p)).filter(|p| p.exists()));
+            cfg
         }
         None => RunConfig::preset(
             &args.preset,
@@ -133,17 +139,27 @@ pub fn run(args: RunArgs) -> Result<()> {
             args.retain.iter().filter(|s| !s.is_empty()).cloned().collect(),
         )?,
     };
-    let cfg = apply_selection_flags(cfg, &args)?;
+    let mut cfg = apply_selection_flags(cfg, &args)?;
+    // config.toml records local paths absolute, so `run --config` works from any folder.
+    map_local_paths(&mut cfg, |p| p.exists().then(|| std::path::absolute(p).ok()).flatten());
+    cfg.validate().map_err(|m| anyhow::anyhow!("run settings: {m}"))?;
     // Every task the run reads (target, retained, protected) must be in one data folder.
     let specs: Vec<&str> =
         std::iter::once(&cfg.task).chain(&cfg.retain).chain(&cfg.selection.protect).map(String::as_str).collect();
     let data_dir = crispr::datasets::data_dir_for(args.data_dir.as_deref(), &specs)?;
+    // Before any computation: --out must be a new, empty or crispr run directory, writable and
+    // not in use by another crispr process (the lock is held until this function returns).
+    let _lock = crispr::rundir::open(&args.out)?;
     // Fail on a bad task name before loading the model.
+    let mut tasks = std::collections::BTreeMap::new();
     for t in std::iter::once(&cfg.task).chain(&cfg.retain).chain(&cfg.selection.protect) {
-        crispr::data::load_task(t, &data_dir).with_context(|| format!("task {t}"))?;
+        let task = crispr::data::load_task(t, &data_dir).with_context(|| format!("task {t}"))?;
+        tasks.insert(t.clone(), task.sha256);
     }
     let model_arg = (cfg.model != "default").then_some(cfg.model.as_str());
-    let path = crispr::resolve::resolve_model(model_arg)?;
+    let path = super::resolve_model(model_arg)?;
+    // A resumed run must see the inputs its cached results were computed from.
+    crispr::rundir::check_inputs(&args.out, &Inputs { model: common::model_checksum(&path), tasks })?;
     let mut loaded = crispr::loader::load(&path).context("loading the model")?;
     let started = std::time::Instant::now();
     let mut bars = Bars { bar: None };
@@ -173,4 +189,26 @@ pub fn run(args: RunArgs) -> Result<()> {
     eprintln!("crispr: done in {:.0} s", started.elapsed().as_secs_f64());
     println!("report: {}", args.out.join("report.html").display());
     Ok(())
+}
+
+/// Apply `f` to every local path in the configuration (the model unless it is `default` or a Hub
+/// id, `jsonl:<path>` tasks and BBQ-format `.jsonl` tasks); `f` returns the replacement, if any.
+fn map_local_paths(cfg: &mut RunConfig, f: impl Fn(&Path) -> Option<PathBuf>) {
+    let apply = |s: &str| f(Path::new(s)).map(|p| p.to_string_lossy().into_owned());
+    if cfg.model != "default" {
+        if let Some(p) = apply(&cfg.model) {
+            cfg.model = p;
+        }
+    }
+    for t in std::iter::once(&mut cfg.task).chain(cfg.retain.iter_mut()).chain(cfg.selection.protect.iter_mut()) {
+        if let Some(rest) = t.strip_prefix("jsonl:") {
+            if let Some(p) = apply(rest) {
+                *t = format!("jsonl:{p}");
+            }
+        } else if t.ends_with(".jsonl") {
+            if let Some(p) = apply(t) {
+                *t = p;
+            }
+        }
+    }
 }

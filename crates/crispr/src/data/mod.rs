@@ -282,6 +282,19 @@ fn load_bbq(name: String, path: PathBuf) -> Result<Task> {
 
 /// `<dir>/<category>.jsonl`, matching the category name case-insensitively so `bbq:age` works.
 fn bbq_category_file(dir: &Path, category: &str) -> Result<PathBuf> {
+    // A category is a file stem in that folder, never a path out of it (`bbq:../../x/SES` would
+    // otherwise load another collection's file under the name `bbq:SES`).
+    let plain = !category.is_empty()
+        && !category.contains(['/', '\\'])
+        && category != ".."
+        && category != "."
+        && !Path::new(category).is_absolute();
+    if !plain {
+        return Err(Error::format(
+            dir,
+            format!("BBQ category {category:?} must be a plain name such as Age, not a path"),
+        ));
+    }
     let exact = dir.join(format!("{category}.jsonl"));
     if exact.is_file() {
         return Ok(exact);
