@@ -742,21 +742,39 @@ fn search_stage(
             _ => (true, p.acc),
         }
     };
-    let mut f = |env: &mut Env<'_>, loaded: &mut LoadedModel, n: usize| -> Result<f64> {
+    // (feasible, value to maximise) of n.
+    let mut f = |env: &mut Env<'_>, loaded: &mut LoadedModel, n: usize| -> Result<(bool, f64)> {
         let p = eval(env, loaded, n)?;
-        Ok(judge(&p).1)
+        Ok(judge(&p))
     };
     let inv_phi = (5f64.sqrt() - 1.0) / 2.0;
     // Pruning the fewest neurons allowed (normally none) is always a candidate: if no n helps on
     // dev the run keeps the original.
     f(env, loaded, lo)?;
-    let (mut a, mut b) = (lo, hi);
+    // Under a constraint, first find where it starts to break: how far a model moves is not
+    // monotone in n from one neuron to the next, so a golden-section search on the penalised
+    // objective alone can wander away from the feasible range near lo. A doubling ladder
+    // (lo+1, lo+2, lo+4, …) stops at the first n that breaks the constraint, and the search then
+    // runs below it.
+    let mut upper = hi;
+    if probe.is_some() {
+        let mut step = 1;
+        while lo + step < hi {
+            let n = lo + step;
+            if !f(env, loaded, n)?.0 {
+                upper = n;
+                break;
+            }
+            step *= 2;
+        }
+    }
+    let (mut a, mut b) = (lo, upper);
     while b - a > cfg.final_width.max(2) {
         let span = (b - a) as f64;
         let c = b - (span * inv_phi).round() as usize;
         let d = a + (span * inv_phi).round() as usize;
         let (c, d) = if c < d { (c, d) } else { (a + (b - a) / 3, b - (b - a) / 3) };
-        let (fc, fd) = (f(env, loaded, c)?, f(env, loaded, d)?);
+        let (fc, fd) = (f(env, loaded, c)?.1, f(env, loaded, d)?.1);
         // Ties keep the smaller n (fewer neurons pruned).
         if fc >= fd {
             b = d;
