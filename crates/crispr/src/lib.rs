@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod neurons;
 pub mod pipeline;
+pub mod precision;
 pub mod prune;
 pub mod report;
 pub mod resolve;
@@ -25,6 +26,7 @@ pub mod rng;
 pub mod score;
 pub mod sys;
 pub mod tensor;
+pub mod tensor_bf16;
 pub mod text;
 pub mod weights;
 

@@ -77,7 +77,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let model_arg = (cfg.model != "default").then_some(cfg.model.as_str());
     let path = crispr::resolve::resolve_model(model_arg)?;
-    let mut loaded = crispr::loader::load(&path).context("loading the model")?;
+    let mut loaded =
+        crispr::loader::load_checked(&path, crispr::precision::Precision::F32).context("loading the model")?;
     let started = std::time::Instant::now();
     let mut bars = Bars { bar: None };
     let result = run_pipeline(&cfg, &mut loaded, &args.out, data_dir, &mut bars)?;
