@@ -269,11 +269,13 @@ impl NamedSource for SafetensorsSource {
     fn read_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (bytes, dtype) = self.locate(name, shape)?;
         use safetensors::Dtype;
-        Ok(match dtype {
+        let out = match dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             _ => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        })
+        };
+        self.release(name);
+        Ok(out)
     }
 
     fn check_named(&self, name: &str, shape: &[usize]) -> Result<()> {
@@ -282,6 +284,20 @@ impl NamedSource for SafetensorsSource {
 }
 
 impl SafetensorsSource {
+    /// Drop tensor `name`'s mapped pages from this process's resident set once it is converted:
+    /// otherwise a checkpoint read whole stays resident beside its converted copy (16 GB of an 8B
+    /// model's file next to its 16 GB in bf16).
+    fn release(&self, name: &str) {
+        if let Some((shard, info)) = self.lookup(name) {
+            let (a, b) = info.data_offsets;
+            // SAFETY: a read-only mapping of a file this tool never writes: dropped pages read back
+            // the same bytes from the file if anything touches them again.
+            let _ = unsafe {
+                shard.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, shard.data_start + a, b - a)
+            };
+        }
+    }
+
     /// The bytes and type of tensor `name` after checking its presence, shape, type and size
     /// (the slice is not read here: mapped pages are only faulted in when a caller reads them).
     fn locate(&self, name: &str, shape: &[usize]) -> Result<(&[u8], safetensors::Dtype)> {
