@@ -114,3 +114,49 @@ fn info_reads_headers_only_and_loading_refuses_what_does_not_fit() {
     assert!(o.status.success(), "info under a 4 GiB limit: {}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("in bf16"));
 }
+
+/// `--precision bf16` end to end on the tiny Llama fixture: attribution with `--check-f32`
+/// records its agreement with f32, and eval records the re-check.
+#[test]
+fn bf16_attribution_and_eval_report_their_agreement_with_f32() {
+    let model = fixtures().join("tiny").join("llama");
+    let data = common::data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let subset = dir.path().join("age.jsonl");
+    let age = std::fs::read_to_string(data.join("bbq").join("data").join("Age.jsonl")).unwrap();
+    std::fs::write(&subset, age.lines().take(4).collect::<Vec<_>>().join("\n")).unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(crispr_bin()).args(args).env("CRISPR_DATA_DIR", &data).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let out = dir.path().join("attr");
+    let (m, t, o) = (model.to_str().unwrap(), subset.to_str().unwrap(), out.to_str().unwrap());
+    run(&[
+        "attribute",
+        "--model",
+        m,
+        "--task",
+        t,
+        "--samples",
+        "all",
+        "--precision",
+        "bf16",
+        "--check-f32",
+        "--out",
+        o,
+    ]);
+    let n: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("neurons.json")).unwrap()).unwrap();
+    let meta = &n;
+    assert_eq!(meta["precision"], "bf16", "{meta}");
+    let agreement = &meta["precision_check"]["agreement"];
+    assert!(agreement["top_overlap"].as_u64().unwrap() >= 80, "{agreement}");
+    assert!(agreement["spearman"].as_f64().unwrap() > 0.95, "{agreement}");
+
+    let ev = dir.path().join("eval");
+    run(&["eval", "--model", m, "--task", t, "--split", "all", "--precision", "bf16", "--out", ev.to_str().unwrap()]);
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(ev.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["precision"], "bf16");
+    let r = &metrics["recheck"];
+    assert_eq!(r["examples"], 40, "{r}");
+    assert!(r["rescored"].as_u64().unwrap() >= 4 && r["margin"].as_f64().unwrap() >= 0.1, "{r}");
+}
