@@ -38,6 +38,7 @@ pub enum Disentangle {
 /// Every switch of the method. `compat` reproduces the authors' re-release and overrides the
 /// objective, disentanglement and weighting (see [`Settings::biasneuron`]).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub universe: Universe,
     pub objective: Objective,
@@ -309,6 +310,48 @@ pub fn attribute_instruction(
     }
     if compat && in_batch > 0 {
         fold_batch(&mut total, &batch_bias, &batch_gold, settings.lambda);
+    }
+    let n = instances.len().max(1) as f64;
+    for v in total.per_site.iter_mut().flatten() {
+        *v /= n;
+    }
+    total
+}
+
+/// Skill attribution: `(1/N) Σ_x agg_t A_i,t(y)`, the gold answer's attribution (the term the
+/// method subtracts in its skill disentanglement), for protecting other tasks' skill neurons.
+/// The objective and token aggregation follow `settings`; nothing is weighted by α.
+pub fn attribute_skill(model: &dyn LanguageModel<f32>, instances: &[Instance], settings: &Settings) -> Scores {
+    let sites = model.sites();
+    let universe = settings.universe;
+    let mut total = Scores::zeros(sites, universe);
+    let mut term = vec![0.0; sites.iter().map(|s| s.width).max().unwrap_or(0)];
+    for inst in instances {
+        let p_gold = std::cell::Cell::new(0f64);
+        let gold = inst.gold;
+        model.score_and_differentiate(
+            &inst.prompt,
+            &inst.candidates,
+            &mut |lps: &[f64]| {
+                p_gold.set(lps[gold].exp());
+                vec![gold]
+            },
+            &mut |_, site, act, grad| {
+                let info = &sites[site];
+                if info.universe != universe {
+                    return;
+                }
+                let scale = match settings.objective {
+                    Objective::Prob => p_gold.get(),
+                    Objective::Logprob => 1.0,
+                };
+                let out = &mut term[..info.width];
+                reduce_tokens(act, grad, info.width, settings.token_agg, out);
+                for (a, &t) in total.per_site[site].iter_mut().zip(out.iter()) {
+                    *a += scale * t;
+                }
+            },
+        );
     }
     let n = instances.len().max(1) as f64;
     for v in total.per_site.iter_mut().flatten() {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::data::{match_generation, InstructionSet, Task};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::loader::LoadedModel;
 use crate::metrics::{
     argmax, calibrate, cc_content_free, instruction_metrics, mean_content_free, DomainWords, InstructionMetrics,
@@ -234,6 +234,16 @@ pub fn evaluate(
     opts: &EvalOptions,
     progress: &mut dyn FnMut(),
 ) -> Result<Evaluation> {
+    // An accuracy over nothing would print as 0.00 and look like a result.
+    if indices.is_empty() {
+        return Err(Error::format(
+            &task.source,
+            format!("{}: no instances to evaluate (empty split or limit 0)", task.name),
+        ));
+    }
+    if set.items.is_empty() {
+        return Err(Error::msg(format!("{}: no instructions to evaluate with", task.name)));
+    }
     let style = loaded.prompt_style(opts.raw);
     let model = loaded.model.as_ref();
     let stop = loaded.stop_tokens();

@@ -40,7 +40,11 @@ pub fn write_pruned(format: &ModelFormat, rows: &RowsByModule, out: &Path) -> Re
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+        // Name the requested output, not the hidden temporary it was being built under.
+        return Err(match e {
+            Error::Io { path, source } if path.starts_with(&tmp) => Error::io(out, source),
+            other => other,
+        });
     }
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
 }
@@ -93,6 +97,8 @@ fn write_gguf(src: &Path, rows: &RowsByModule, tmp: &Path) -> Result<()> {
 fn write_checkpoint(src: &Path, rows: &RowsByModule, tmp: &Path) -> Result<()> {
     std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
     let mut remaining: BTreeMap<String, &Vec<usize>> = rows.iter().map(|(m, r)| (m.clone(), r)).collect();
+    // Only the files the loader reads are pruned; any other file is copied as it is.
+    let weight_files = crate::weights::checkpoint_weight_files(src)?;
     for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
         let entry = entry.map_err(|e| Error::io(src, e))?;
         let path = entry.path();
@@ -100,7 +106,7 @@ fn write_checkpoint(src: &Path, rows: &RowsByModule, tmp: &Path) -> Result<()> {
             continue;
         }
         let dst = tmp.join(entry.file_name());
-        if path.extension().is_some_and(|x| x == "safetensors") {
+        if weight_files.contains(&path) {
             let mut bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes)
                 .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e:?}")))?;

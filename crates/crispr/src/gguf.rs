@@ -12,6 +12,11 @@ use crate::error::{Error, Result};
 
 const MAGIC: u32 = 0x4655_4747; // "GGUF" little-endian
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Largest `general.alignment` accepted: real files use 32; anything this large is corrupt.
+const MAX_ALIGNMENT: u64 = 1 << 16;
+/// Metadata values (array elements included) a file may hold. Each costs ~32 bytes in memory
+/// however few bytes it takes in the file; real tokenizers need well under a million.
+const MAX_METADATA_VALUES: usize = 1 << 23;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -191,6 +196,21 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Metadata values read so far (bounded by [`MAX_METADATA_VALUES`]).
+    values: usize,
+}
+
+/// The fewest bytes one metadata value of type `ty` takes in the file (for arrays: the element
+/// type and count), so an array's count can be checked against the bytes left before allocating.
+fn min_value_bytes(ty: u32) -> u64 {
+    match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => 1,
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -229,6 +249,13 @@ impl<'a> Reader<'a> {
     }
 
     fn value(&mut self, ty: u32, what: &str, depth: usize) -> Result<Value> {
+        self.values += 1;
+        if self.values > MAX_METADATA_VALUES {
+            return Err(Error::format(
+                self.path,
+                format!("{what}: more than {MAX_METADATA_VALUES} metadata values: not a model file this tool can read"),
+            ));
+        }
         Ok(match ty {
             0 => Value::U8(self.u8(what)?),
             1 => Value::I8(self.u8(what)? as i8),
@@ -245,8 +272,10 @@ impl<'a> Reader<'a> {
                 }
                 let elem = self.u32(what)?;
                 let count = self.u64(what)?;
-                // Every element takes at least one byte: a larger count is corrupt.
-                if count > (self.buf.len() - self.pos) as u64 {
+                // Every element takes at least `min_value_bytes` in the file: a larger count is
+                // corrupt, and checking it bounds what is reserved below by the bytes present.
+                let left = (self.buf.len() - self.pos) as u64;
+                if count.checked_mul(min_value_bytes(elem)).is_none_or(|need| need > left) {
                     return Err(Error::format(
                         self.path,
                         format!("{what}: array of {count} runs past the end of the file"),
@@ -271,7 +300,7 @@ impl GgufFile {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; the tool never writes to its input files.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let mut r = Reader { buf: &mmap, pos: 0, path };
+        let mut r = Reader { buf: &mmap, pos: 0, path, values: 0 };
         let magic = r.u32("magic")?;
         if magic != MAGIC {
             return Err(Error::format(path, "not a GGUF file (bad magic number)"));
@@ -303,14 +332,32 @@ impl GgufFile {
             let rel = r.u64(&name)?;
             infos.push((name, dims, dtype, rel));
         }
-        let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(DEFAULT_ALIGNMENT);
-        if alignment == 0 {
-            return Err(Error::format(path, "general.alignment is 0"));
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => v.as_u64().ok_or_else(|| Error::format(path, "general.alignment is not an unsigned integer"))?,
+        };
+        if alignment == 0 || !alignment.is_power_of_two() || alignment > MAX_ALIGNMENT {
+            return Err(Error::format(
+                path,
+                format!("general.alignment is {alignment}; it must be a power of two no larger than {MAX_ALIGNMENT}"),
+            ));
         }
-        let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
+        // Every size and offset below comes from the file: all arithmetic is checked, so a value
+        // near 2^64 is an error rather than a wrap-around that passes the bounds check.
+        let file_len = mmap.len() as u64;
+        let data_offset = (r.pos as u64).next_multiple_of(alignment);
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, dims, dtype, rel) in infos {
-            let n: u64 = dims.iter().product();
+            let past_end = |what: String| {
+                Error::format(
+                    path,
+                    format!("tensor {name}: {what} extends past the end of the file ({file_len} bytes): truncated?"),
+                )
+            };
+            let n = dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| past_end(format!("dimensions {dims:?}")))?;
             let (be, bb) = dtype.block();
             if dims[0] % be as u64 != 0 {
                 return Err(Error::format(
@@ -322,15 +369,20 @@ impl GgufFile {
                     ),
                 ));
             }
-            let n_bytes = n / be as u64 * bb as u64;
-            let offset = data_offset + rel;
-            if offset + n_bytes > mmap.len() as u64 {
+            if rel % alignment != 0 {
+                return Err(Error::format(
+                    path,
+                    format!("tensor {name}: offset {rel} is not a multiple of the alignment {alignment}"),
+                ));
+            }
+            let n_bytes = (n / be as u64).checked_mul(bb as u64).ok_or_else(|| past_end(format!("{dims:?}")))?;
+            let offset = data_offset.checked_add(rel).ok_or_else(|| past_end(format!("offset {rel}")))?;
+            if offset.checked_add(n_bytes).is_none_or(|end| end > file_len) {
                 return Err(Error::format(
                     path,
                     format!(
-                        "tensor {name} ({} bytes at offset {offset}) extends past the end of the file ({} bytes): truncated?",
-                        n_bytes,
-                        mmap.len()
+                        "tensor {name} ({n_bytes} bytes at offset {offset}) extends past the end of the file \
+                         ({file_len} bytes): truncated?"
                     ),
                 ));
             }

@@ -9,11 +9,14 @@
 
 pub mod attribution;
 pub mod data;
+pub mod datasets;
+pub mod diagnostics;
 pub mod error;
 pub mod evaluate;
 pub mod export;
 pub mod gguf;
 pub mod loader;
+pub mod lock;
 pub mod metrics;
 pub mod model;
 pub mod neurons;
@@ -22,12 +25,16 @@ pub mod precision;
 pub mod prune;
 pub mod report;
 pub mod resolve;
+pub mod retention;
 pub mod rng;
+pub mod rundir;
 pub mod score;
+pub mod selection;
 pub mod sys;
 pub mod tensor;
 pub mod tensor_bf16;
 pub mod text;
+pub mod verdict;
 pub mod weights;
 
 pub use error::{Error, Result};

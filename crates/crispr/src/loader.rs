@@ -270,12 +270,15 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
     let vocab = match file.get(&key("vocab_size")).and_then(Value::as_u64) {
-        Some(v) => v as usize,
+        Some(v) => v,
+        // No vocab_size key: the embedding's row count (its length was checked against the file).
         None => file
             .tensor("token_embd.weight")
-            .map(|t| t.dims.get(1).copied().unwrap_or(0) as usize)
+            .map(|t| t.dims.get(1).copied().unwrap_or(0))
             .ok_or_else(|| Error::format(path, "tensor token_embd.weight is missing"))?,
     };
+    let vocab =
+        usize::try_from(vocab).map_err(|_| Error::format(path, format!("vocabulary size {vocab} is too large")))?;
     let cfg = LlamaConfig {
         arch,
         vocab_size: vocab,
@@ -310,8 +313,21 @@ pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaMode
 pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Precision) -> Result<LlamaModel<f32>> {
     let keep = |v: Vec<f32>| Weights::with_precision(v, precision);
     let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+    // The configuration's layer count must be backed by the file before anything is allocated
+    // for it (a corrupt count would otherwise reserve memory for layers that do not exist).
+    let last = Role::AttnNorm(cfg.num_layers - 1);
+    if !src.has(last) {
+        return Err(Error::format(
+            src.location(),
+            format!(
+                "the configuration has {} layers but the weights lack layer {}",
+                cfg.num_layers,
+                cfg.num_layers - 1
+            ),
+        ));
+    }
     let embed = keep(src.read(Role::Embed, &[v, d])?);
-    let mut layers = Vec::with_capacity(cfg.num_layers);
+    let mut layers = Vec::new();
     for l in 0..cfg.num_layers {
         let lin = |p: Proj| -> Result<Linear<f32>> {
             let (out_dim, in_dim) = (cfg.out_dim(p), cfg.in_dim(p));
@@ -347,6 +363,9 @@ fn load_checkpoint(dir: &Path, precision: Precision) -> Result<LoadedModel> {
     Ok(LoadedModel { model: Box::new(model), text, format })
 }
 
+/// Longest T5 encoder input or decoder target accepted (flan-t5 was trained on 512 + 114).
+pub const T5_MAX_TOKENS: usize = 4096;
+
 /// Load a T5 checkpoint directory (T5 v1.0, Flan-T5, T0: `config.json` with `model_type` "t5",
 /// safetensors weights, `tokenizer.json`) as its concrete type.
 pub fn load_t5(path: &Path) -> Result<(T5Model<f32>, TextCodec)> {
@@ -370,6 +389,9 @@ pub fn load_t5_at(path: &Path, precision: Precision) -> Result<(T5Model<f32>, Te
     let model = T5Model::from_source_at(cfg, &src, precision)?;
     let mut text = TextCodec::from_dir(path)?;
     check_vocab(model.cfg.vocab_size, &text)?;
+    // T5's relative positions have no fixed context; attention memory grows with the square of the
+    // length, so inputs are bounded at what the released models were used with, many times over.
+    text.max_tokens = Some(T5_MAX_TOKENS);
     // Without a tokenizer_config.json the end token comes from the model config; generation
     // stops on it.
     if text.eos_id.is_none() {
@@ -402,8 +424,9 @@ pub fn load_llama_at(path: &Path, precision: Precision) -> Result<(LlamaModel<f3
         let cfg = config_from_hf(&cfg_path, &read_json(&cfg_path)?)?;
         let src = SafetensorsSource::open_dir(path)?;
         let model = build_model_at(cfg, &src, precision)?;
-        let text = TextCodec::from_dir(path)?;
+        let mut text = TextCodec::from_dir(path)?;
         check_vocab(model.cfg.vocab_size, &text)?;
+        text.max_tokens = Some(model.cfg.max_position_embeddings);
         Ok((model, text))
     } else {
         let file = GgufFile::open(path)?;
@@ -411,8 +434,9 @@ pub fn load_llama_at(path: &Path, precision: Precision) -> Result<(LlamaModel<f3
         // llama.cpp permutes q/k rows of llama-architecture models only.
         let permuted_qk = (cfg.arch == Arch::Llama).then_some((cfg.num_heads, cfg.num_kv_heads));
         let model = build_model_at(cfg, &GgufSource { file: &file, permuted_qk }, precision)?;
-        let text = TextCodec::from_gguf(&file)?;
+        let mut text = TextCodec::from_gguf(&file)?;
         check_vocab(model.cfg.vocab_size, &text)?;
+        text.max_tokens = Some(model.cfg.max_position_embeddings);
         Ok((model, text))
     }
 }

@@ -20,8 +20,14 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    // On failure (a full disk, a read-only folder) the half-written temporary file is removed and
+    // the error names the file the user asked for, not the hidden temporary.
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
 }
 
 /// One ranked neuron as written to `neurons.json`.
@@ -122,6 +128,13 @@ pub fn read_scores(dir: &Path, sites: &[SiteInfo]) -> Result<Scores> {
         }
         scores.per_site[i] =
             view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect();
+        // A NaN ranks arbitrarily: pruning by such scores would succeed and mean nothing.
+        if let Some(row) = scores.per_site[i].iter().position(|x| !x.is_finite()) {
+            return Err(Error::format(
+                &path,
+                format!("{name}: score of row {row} is {} (not a finite number)", scores.per_site[i][row]),
+            ));
+        }
         found += 1;
     }
     let expected = sites.iter().filter(|s| s.universe == universe).count();

@@ -97,6 +97,54 @@ pub fn parse_module(module: &str) -> (String, usize, String) {
     (stack, layer, kind.to_string())
 }
 
+/// The model as the user named it (not a cache path).
+fn model_name(r: &RunResult) -> String {
+    r.model
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::pipeline::display_model_name(&r.config.model))
+}
+
+/// The selection options in words (empty for the paper's global ranking).
+fn selection_words(r: &RunResult) -> String {
+    let sel = &r.config.selection;
+    let mut parts = Vec::new();
+    if sel.normalize {
+        parts.push("scores normalised per module".to_string());
+    }
+    if sel.exclude_massive {
+        let k = r.excluded.get("massive-activation").copied().unwrap_or(0);
+        parts.push(format!("{k} rows writing massive-activation dimensions excluded"));
+    }
+    if !sel.protect.is_empty() {
+        let k = r.excluded.get("protected").copied().unwrap_or(0);
+        parts.push(format!(
+            "the top {} skill neurons of {} protected ({k} candidates removed)",
+            sel.protect_top,
+            sel.protect.join(", ")
+        ));
+    }
+    if let Some(c) = &r.config.search.constraint {
+        let mut cs = Vec::new();
+        if let Some(d) = c.max_drop {
+            cs.push(format!(
+                "no retained task (on {} dev instances × {} instructions) and not the target's disambiguated accuracy dropping by more than {d} points",
+                c.retain_dev_limit, c.retain_instructions
+            ));
+        }
+        if let Some(k) = c.max_kl {
+            cs.push(format!("mean KL on {} neutral prompts at most {k}", c.kl_prompts));
+        }
+        parts.push(format!("n constrained on dev: {}", cs.join("; ")));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("Selection: {}.", parts.join("; "))
+    }
+}
+
 /// The run's sample sizes in one sentence, so that a report of a subset run says so.
 fn protocol(r: &RunResult) -> String {
     let c = &r.config;
@@ -122,8 +170,21 @@ fn protocol(r: &RunResult) -> String {
 
 pub fn markdown(r: &RunResult) -> String {
     let mut s = String::new();
-    let model_name = r.model.get("path").and_then(Value::as_str).unwrap_or("model");
-    let _ = writeln!(s, "# CRISPR run: {} on {}\n", r.config.task, model_name);
+    let _ = writeln!(s, "# CRISPR run: {} on {}\n", r.config.task, model_name(r));
+    if let Some(v) = &r.verdict {
+        let _ = writeln!(s, "**Verdict: {}**\n", v.headline);
+        for d in &v.details {
+            let _ = writeln!(s, "- {d}");
+        }
+        let _ = writeln!(s);
+    }
+    if let Some(d) = &r.diagnostics {
+        let _ = writeln!(s, "Activation diagnostics: {}\n", d.summary);
+    }
+    let sel = selection_words(r);
+    if !sel.is_empty() {
+        let _ = writeln!(s, "{sel}\n");
+    }
     let _ = writeln!(
         s,
         "Preset `{}`. {} Pruned **{} neurons** (chosen on dev) of {} in the `{}` universe. Pruned model: `{}`.\n",
@@ -143,14 +204,40 @@ pub fn markdown(r: &RunResult) -> String {
     for row in summary_rows(r) {
         let _ = writeln!(s, "| {} |", row.join(" | "));
     }
-    let _ = writeln!(s, "\n## Choosing n on dev\n\n| n | dev accuracy |\n|---|---|");
-    for (n, acc) in &r.search {
-        let mark = if *n == r.n_selected { " ← chosen" } else { "" };
-        let _ = writeln!(s, "| {n} | {acc:.2}{mark} |");
+    if r.search_points.is_empty() {
+        let _ = writeln!(s, "\n## Choosing n on dev\n\n| n | dev accuracy |\n|---|---|");
+        for (n, acc) in &r.search {
+            let mark = if *n == r.n_selected { " ← chosen" } else { "" };
+            let _ = writeln!(s, "| {n} | {acc:.2}{mark} |");
+        }
+    } else {
+        let names: Vec<&String> = r.search_points[0].retained.keys().collect();
+        let head: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "\n## Choosing n on dev (retention-constrained)\n\n| n | dev accuracy | disambiguated | {} | KL | feasible |\n|{}",
+            head.join(" | "),
+            "---|".repeat(5 + names.len())
+        );
+        for p in &r.search_points {
+            let mark = if p.n == r.n_selected { " ← chosen" } else { "" };
+            let ret: Vec<String> = names.iter().map(|n| fmt_opt(p.retained.get(*n).copied())).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {:.2}{mark} | {} | {} | {} | {} |",
+                p.n,
+                p.acc,
+                fmt_opt(p.acc_disambig),
+                ret.join(" | "),
+                p.kl.map_or("–".into(), |k| format!("{k:.4}")),
+                if p.feasible { "yes" } else { "no" }
+            );
+        }
     }
-    let _ = writeln!(s, "\n## Bias neurons\n\n| rank | neuron | score |\n|---|---|---|");
+    let _ = writeln!(s, "\n## Bias neurons\n\n| rank | neuron | score | output / module median | writes massive dim |\n|---|---|---|---|---|");
     for (i, n) in r.bias_neurons.iter().enumerate().take(50) {
-        let _ = writeln!(s, "| {} | `{}` | {:.3e} |", i + 1, n.id, n.score);
+        let (rel, massive) = neuron_diag(r, i);
+        let _ = writeln!(s, "| {} | `{}` | {:.3e} | {rel} | {massive} |", i + 1, n.id, n.score);
     }
     if r.bias_neurons.len() > 50 {
         let _ = writeln!(s, "\n({} more in metrics.json)", r.bias_neurons.len() - 50);
@@ -166,6 +253,126 @@ pub fn markdown(r: &RunResult) -> String {
     }
     let _ = writeln!(s, "\nReplay with `crispr run --config config.toml --out <dir>`.");
     s
+}
+
+/// The diagnostics columns of the i-th pruned neuron.
+fn neuron_diag(r: &RunResult, i: usize) -> (String, &'static str) {
+    match r.diagnostics.as_ref().and_then(|d| d.pruned.get(i)) {
+        Some(d) => (
+            d.relative_magnitude.map_or("–".into(), |x| format!("{x:.1}×")),
+            if d.writes_massive { "yes" } else { "no" },
+        ),
+        None => ("–".into(), "–"),
+    }
+}
+
+/// Line chart of several series against n, with the chosen n marked.
+/// A named, coloured series of (n, value) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+fn svg_lines(series: &[Series<'_>], chosen: f64, y_label: &str, aria: &str) -> String {
+    let (w, h, pad) = (560.0, 260.0, 48.0);
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.2.iter().copied()).collect();
+    if all.is_empty() {
+        return String::new();
+    }
+    let max_n = all.iter().map(|p| p.0).fold(1.0f64, f64::max);
+    let (lo, hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (lo, hi) = if hi - lo < 1e-9 { (lo - 1.0, hi + 1.0) } else { (lo - (hi - lo) * 0.05, hi + (hi - lo) * 0.05) };
+    let x = |n: f64| pad + n / max_n * (w - 2.0 * pad);
+    let y = |v: f64| h - pad - (v - lo) / (hi - lo) * (h - 2.0 * pad);
+    let mut s = format!(r#"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{aria}">"#);
+    let _ = write!(
+        s,
+        r##"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="#999"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{0}" stroke="#999"/>"##,
+        h - pad,
+        w - pad
+    );
+    for i in 0..=4 {
+        let v = lo + (hi - lo) * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{v:.2}</text><line x1="{pad}" x2="{}" y1="{2}" y2="{2}" stroke="#eee"/>"##,
+            pad - 4.0,
+            y(v) + 4.0,
+            w - pad
+        );
+        let n = max_n * i as f64 / 4.0;
+        let _ =
+            write!(s, r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{n:.0}</text>"#, x(n), h - pad + 16.0);
+    }
+    let _ = write!(
+        s,
+        r##"<line x1="{0:.1}" x2="{0:.1}" y1="{pad}" y2="{1}" stroke="#dc2626" stroke-dasharray="4 3"><title>chosen n</title></line>"##,
+        x(chosen),
+        h - pad
+    );
+    for (k, (name, colour, pts)) in series.iter().enumerate() {
+        let p: Vec<String> = pts.iter().map(|(n, v)| format!("{:.1},{:.1}", x(*n), y(*v))).collect();
+        let _ = write!(s, r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#, p.join(" "));
+        for (n, v) in pts {
+            let _ = write!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"><title>{name}, n = {n}: {v:.3}</title></circle>"#,
+                x(*n),
+                y(*v)
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{colour}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
+            pad + 8.0 + 150.0 * k as f64,
+            8.0,
+            pad + 22.0 + 150.0 * k as f64,
+            17.0,
+            esc(name)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">pruned neurons n</text><text x="12" y="{2}" font-size="12" transform="rotate(-90 12 {2})" text-anchor="middle">{3}</text></svg>"#,
+        w / 2.0,
+        h - 6.0,
+        h / 2.0,
+        esc(y_label)
+    );
+    s
+}
+
+/// The retention trade-off of a constrained search: target gain, worst retained change and the
+/// target's disambiguated change (points) against n; and KL against n.
+fn svg_tradeoff(r: &RunResult) -> (String, String) {
+    let pts = &r.search_points;
+    let Some(base) = pts.iter().find(|p| p.n == 0) else { return (String::new(), String::new()) };
+    let gain: Vec<(f64, f64)> = pts.iter().map(|p| (p.n as f64, p.acc - base.acc)).collect();
+    let worst: Vec<(f64, f64)> = pts
+        .iter()
+        .filter_map(|p| {
+            p.retained
+                .iter()
+                .filter_map(|(k, v)| base.retained.get(k).map(|b| v - b))
+                .min_by(f64::total_cmp)
+                .map(|d| (p.n as f64, d))
+        })
+        .collect();
+    let dis: Vec<(f64, f64)> =
+        pts.iter().filter_map(|p| Some((p.n as f64, p.acc_disambig? - base.acc_disambig?))).collect();
+    let mut series = vec![("target gain", "#2563eb", gain)];
+    if !worst.is_empty() {
+        series.push(("worst retained change", "#d97706", worst));
+    }
+    if !dis.is_empty() {
+        series.push(("target disambiguated change", "#7c3aed", dis));
+    }
+    let kl: Vec<(f64, f64)> = pts.iter().filter_map(|p| Some((p.n as f64, p.kl?))).collect();
+    let chosen = r.n_selected as f64;
+    let a = svg_lines(&series, chosen, "change on dev (points)", "retention trade-off against n");
+    let b = if kl.is_empty() {
+        String::new()
+    } else {
+        svg_lines(&[("KL on neutral prompts", "#059669", kl)], chosen, "KL (nats)", "KL divergence against n")
+    };
+    (a, b)
 }
 
 const PALETTE: [&str; 3] = ["#6b7280", "#2563eb", "#d97706"];
@@ -436,20 +643,38 @@ fn delta_class(row: &[String; 6]) -> &'static str {
     }
 }
 
+/// The verdict box at the top of the page.
+fn verdict_html(r: &RunResult) -> String {
+    let Some(v) = &r.verdict else { return String::new() };
+    let class = match (v.bias_reduced, v.skills_kept) {
+        (true, true) => "good",
+        (false, false) | (true, false) => "bad",
+        (false, true) => "mixed",
+    };
+    let mut s = format!(r#"<div class="verdict {class}" id="verdict"><p><b>Verdict:</b> {}</p><ul>"#, esc(&v.headline));
+    for d in &v.details {
+        let _ = write!(s, "<li>{}</li>", esc(d));
+    }
+    s.push_str("</ul></div>");
+    s
+}
+
 pub fn html(r: &RunResult) -> String {
     let mut s = String::new();
-    let model_name = r.model.get("path").and_then(Value::as_str).unwrap_or("model");
+    let model_name = model_name(r);
     let _ = write!(
         s,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>CRISPR report: {task}</title>
 <style>body{{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#111}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 10px;text-align:right}}th{{background:#f5f5f5}}
 td:first-child,td:nth-child(2),th:first-child{{text-align:left}}code{{background:#f3f4f6;padding:1px 4px;border-radius:3px}}
-.pos{{color:#15803d}}.neg{{color:#b91c1c}}figure{{margin:1em 0}}figcaption{{font-size:.9em;color:#444}}</style></head><body>
+.pos{{color:#15803d}}.neg{{color:#b91c1c}}.verdict{{border:2px solid #999;border-radius:6px;padding:.6em 1em;margin:1em 0}}.verdict.good{{border-color:#15803d;background:#f0fdf4}}.verdict.bad{{border-color:#b91c1c;background:#fef2f2}}.verdict.mixed{{border-color:#d97706;background:#fffbeb}}figure{{margin:1em 0}}figcaption{{font-size:.9em;color:#444}}</style></head><body>
 <h1>CRISPR: bias neurons of <code>{model}</code> on <code>{task}</code></h1>
+{verdict}
 <p>Preset <b>{preset}</b>. {protocol} The number of pruned neurons was chosen on dev: <b>n = {n}</b> ({universe} universe). The pruned model is <code>{pruned}</code>.</p>"#,
         task = esc(&r.config.task),
-        model = esc(model_name),
+        model = esc(&model_name),
+        verdict = verdict_html(r),
         preset = esc(&r.config.preset),
         protocol = esc(&protocol(r)),
         n = r.n_selected,
@@ -471,16 +696,37 @@ td:first-child,td:nth-child(2),th:first-child{{text-align:left}}code{{background
         );
     }
     s.push_str("</table><p>For BBQ bias scores, 0 is unbiased; positive values mean answers aligned with the stereotype. Δ is CRISPR − original; green marks an improvement (higher accuracy, bias score closer to 0).</p>");
+    let sel = selection_words(r);
+    if !sel.is_empty() {
+        let _ = write!(s, "<p>{}</p>", esc(&sel));
+    }
     let _ = write!(s, "<h2>Choosing n on dev</h2><figure>{}<figcaption>Dev accuracy (mean over instructions) at every n the golden-section search and final sweep evaluated; the red point is the chosen n.</figcaption></figure>", svg_search(r));
+    let (trade, kl) = svg_tradeoff(r);
+    if !trade.is_empty() {
+        let _ = write!(s, "<h2>Retention trade-off</h2><figure>{trade}<figcaption>Change against the unpruned model on dev, in points, at every evaluated n: the target's accuracy gain, the largest drop of any retained task, and the target's disambiguated accuracy. The dashed line is the chosen n.</figcaption></figure>");
+    }
+    if !kl.is_empty() {
+        let _ = write!(s, "<figure>{kl}<figcaption>Mean KL divergence between the original and the pruned model's next-token distributions on neutral prompts.</figcaption></figure>");
+    }
+    if let Some(d) = &r.diagnostics {
+        let _ = write!(s, "<h2>Activation diagnostics</h2><p>{}</p>", esc(&d.summary));
+    }
     let _ = write!(s, "<h2>Per-instruction accuracy on {}</h2><figure>{}<figcaption>Each group is one instruction.</figcaption></figure>", esc(&r.config.task), svg_per_instruction(r, &r.config.task));
     let bias = svg_bias_scores(r);
     if !bias.is_empty() {
         let _ = write!(s, "<h2>BBQ bias scores</h2><figure>{bias}<figcaption>BBQ's own bias scores (×100) on test, ambiguous and disambiguated contexts.</figcaption></figure>");
     }
     let _ = write!(s, "<h2>Where the bias neurons sit</h2><figure>{}<figcaption>Number of pruned neurons per layer and module kind.</figcaption></figure>", svg_placement(r));
-    s.push_str("<h2>Top bias neurons</h2><table><tr><th>rank</th><th>neuron</th><th>score</th></tr>");
+    s.push_str("<h2>Top bias neurons</h2><table><tr><th>rank</th><th>neuron</th><th>score</th><th>output / module median</th><th>writes massive dim</th></tr>");
     for (i, n) in r.bias_neurons.iter().enumerate().take(30) {
-        let _ = write!(s, "<tr><td>{}</td><td><code>{}</code></td><td>{:.3e}</td></tr>", i + 1, esc(&n.id), n.score);
+        let (rel, massive) = neuron_diag(r, i);
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{:.3e}</td><td>{rel}</td><td>{massive}</td></tr>",
+            i + 1,
+            esc(&n.id),
+            n.score
+        );
     }
     s.push_str("</table><h2>Time</h2><ul>");
     for (stage, secs) in &r.seconds {

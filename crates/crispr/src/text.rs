@@ -13,6 +13,9 @@ use serde_json::{json, Value as Json};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
 
+/// Instructions a chat template may execute for one rendering (see [`TextCodec::render`]).
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 pub struct TextCodec {
     tokenizer: tokenizers::Tokenizer,
     /// Where the tokenizer came from, for error messages.
@@ -23,10 +26,26 @@ pub struct TextCodec {
     pub chat_template: Option<String>,
     /// The token that closes an assistant turn (scored after every candidate).
     pub end_of_turn: Option<u32>,
+    /// The most tokens a prompt plus a candidate may take (the model's context; set by the
+    /// loader). Longer inputs are refused in [`crate::score::encode`].
+    pub max_tokens: Option<usize>,
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::format(path, format!("tokenizer: {e}"))
+}
+
+/// Parse `tokenizer.json`. The tokenizers library panics (`expect`) on some malformed JSON while
+/// streaming it, so the text is parsed to a JSON value first (syntax errors become errors here)
+/// and only a well-formed value is handed over; a panic that still escapes it is an error too.
+fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: Json = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+    match std::panic::catch_unwind(move || serde_json::from_value::<tokenizers::Tokenizer>(value)) {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(tok_err(path, e)),
+        Err(_) => Err(tok_err(path, "malformed tokenizer definition (rejected by the tokenizers library)")),
+    }
 }
 
 /// `"<s>"` or `{"content": "<s>", …}` in tokenizer_config.json.
@@ -46,7 +65,7 @@ impl TextCodec {
         if !tok_path.exists() {
             return Err(Error::format(dir, "tokenizer.json is missing from the checkpoint directory"));
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| tok_err(&tok_path, e))?;
+        let tokenizer = read_tokenizer_json(&tok_path)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Json = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -108,8 +127,31 @@ impl TextCodec {
             .and_then(Value::as_array)
             .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
             .unwrap_or_else(|| vec![1; tokens.len()]);
-        let id = |key: &str| file.get(key).and_then(Value::as_u64).map(|v| v as u32);
-        let (bos_id, eos_id) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
+        if types.len() != tokens.len() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}",
+                    types.len(),
+                    tokens.len()
+                ),
+            ));
+        }
+        // Special-token ids index the token list (and, later, the model's logits).
+        let id = |key: &str| -> Result<Option<u32>> {
+            let Some(v) = file.get(key) else { return Ok(None) };
+            match v.as_u64() {
+                Some(i) if (i as usize) < tokens.len() => Ok(Some(i as u32)),
+                _ => {
+                    let shown = v.as_u64().map_or_else(|| format!("{v:?}"), |n| n.to_string());
+                    Err(Error::format(
+                        path,
+                        format!("{key} = {shown} is not an index into the {} tokens", tokens.len()),
+                    ))
+                }
+            }
+        };
+        let (bos_id, eos_id) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
         let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
 
         let vocab: serde_json::Map<String, Json> =
@@ -172,7 +214,16 @@ impl TextCodec {
         eos_id: Option<u32>,
         chat_template: Option<String>,
     ) -> Result<Self> {
-        let mut codec = TextCodec { tokenizer, source, bos_token, eos_token, eos_id, chat_template, end_of_turn: None };
+        let mut codec = TextCodec {
+            tokenizer,
+            source,
+            bos_token,
+            eos_token,
+            eos_id,
+            chat_template,
+            end_of_turn: None,
+            max_tokens: None,
+        };
         codec.end_of_turn = codec.detect_end_of_turn()?.or(eos_id);
         Ok(codec)
     }
@@ -223,6 +274,10 @@ impl TextCodec {
             .as_deref()
             .ok_or_else(|| Error::format(&self.source, "the model has no chat template; use --raw"))?;
         let mut env = minijinja::Environment::new();
+        // A template comes with the model file: bound its work so a hostile or broken one (nested
+        // loops, deep recursion) fails with an error instead of never returning. Real chat
+        // templates spend a few thousand units on a conversation.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -61,6 +61,19 @@ pub trait WeightSource {
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>>;
     /// Every check [`Self::read`] makes, from the header alone (no tensor data is touched).
     fn check(&self, role: Role, shape: &[usize]) -> Result<()>;
+    /// The file or directory the weights come from, for error messages.
+    fn location(&self) -> &Path;
+}
+
+/// A NaN or infinite weight makes every score NaN downstream (printed as `null`): refuse it where
+/// the tensor is read, naming it.
+fn check_finite(path: &Path, name: &str, data: &[f32]) -> Result<()> {
+    match data.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => {
+            Err(Error::format(path, format!("tensor {name} holds a non-finite value ({}) at element {i}", data[i])))
+        }
+    }
 }
 
 /// Tensors addressed by their checkpoint name: for model families whose module tree does not fit
@@ -120,6 +133,10 @@ impl<S: WeightSource + ?Sized> WeightSource for Probe<'_, S> {
     fn check(&self, role: Role, shape: &[usize]) -> Result<()> {
         self.inner.check(role, shape)
     }
+
+    fn location(&self) -> &Path {
+        self.inner.location()
+    }
 }
 
 impl<S: NamedSource + ?Sized> NamedSource for Probe<'_, S> {
@@ -153,6 +170,66 @@ struct Shard {
     tensors: BTreeMap<String, safetensors::tensor::TensorInfo>,
 }
 
+/// The weight files a checkpoint directory consists of: the shards named in
+/// `model.safetensors.index.json` when it exists, else `model.safetensors`. Nothing else — a stray
+/// `backup.safetensors` beside them is neither loaded, pruned nor checksummed. Loading, export
+/// and run checksums all use this one rule.
+///
+/// Shard names must be plain file names inside the directory: an index naming `../x` or an
+/// absolute path is refused rather than followed.
+pub fn checkpoint_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index_path = dir.join("model.safetensors.index.json");
+    if index_path.exists() {
+        let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::format(&index_path, "no \"weight_map\" object"))?;
+        let mut names = Vec::new();
+        for (tensor, file) in map {
+            let name = file
+                .as_str()
+                .ok_or_else(|| Error::format(&index_path, format!("weight_map entry {tensor:?} is not a file name")))?;
+            let plain = Path::new(name).components().count() == 1
+                && matches!(Path::new(name).components().next(), Some(std::path::Component::Normal(_)));
+            if !plain {
+                return Err(Error::format(
+                    &index_path,
+                    format!("shard {name:?} (of {tensor}) is not a file name inside the checkpoint directory"),
+                ));
+            }
+            names.push(name.to_string());
+        }
+        names.sort();
+        names.dedup();
+        return Ok(names.into_iter().map(|n| dir.join(n)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if !single.exists() {
+        let pickled = ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().any(|f| dir.join(f).exists());
+        if pickled {
+            // Pickle files can run arbitrary code when loaded; they are never read.
+            return Err(Error::format(
+                dir,
+                format!(
+                    "only pytorch_model.bin (a Python pickle) is present, and crispr reads safetensors \
+                     only. Convert it once with transformers: python -c \"from transformers import \
+                     AutoModelForSeq2SeqLM as M; M.from_pretrained('{d}').save_pretrained('{d}', \
+                     safe_serialization=True)\" (AutoModelForCausalLM for decoder-only models)",
+                    d = dir.display()
+                ),
+            ));
+        }
+        return Err(Error::format(
+            dir,
+            "no model.safetensors or model.safetensors.index.json in the checkpoint directory",
+        ));
+    }
+    Ok(vec![single])
+}
+
 /// A transformers checkpoint: one `model.safetensors` or shards listed in
 /// `model.safetensors.index.json`.
 pub struct SafetensorsSource {
@@ -163,44 +240,7 @@ pub struct SafetensorsSource {
 
 impl SafetensorsSource {
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::format(&index_path, "no \"weight_map\" object"))?;
-            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
-            names.sort();
-            names.dedup();
-            names.into_iter().map(|n| dir.join(n)).collect()
-        } else {
-            let single = dir.join("model.safetensors");
-            if !single.exists() {
-                let pickled =
-                    ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().any(|f| dir.join(f).exists());
-                if pickled {
-                    // Pickle files can run arbitrary code when loaded; they are never read.
-                    return Err(Error::format(
-                        dir,
-                        format!(
-                            "only pytorch_model.bin (a Python pickle) is present, and crispr reads safetensors \
-                             only. Convert it once with transformers: python -c \"from transformers import \
-                             AutoModelForSeq2SeqLM as M; M.from_pretrained('{d}').save_pretrained('{d}', \
-                             safe_serialization=True)\" (AutoModelForCausalLM for decoder-only models)",
-                            d = dir.display()
-                        ),
-                    ));
-                }
-                return Err(Error::format(
-                    dir,
-                    "no model.safetensors or model.safetensors.index.json in the checkpoint directory",
-                ));
-            }
-            vec![single]
-        };
+        let files = checkpoint_weight_files(dir)?;
         let mut shards = Vec::new();
         let mut index = BTreeMap::new();
         for path in files {
@@ -213,7 +253,7 @@ impl SafetensorsSource {
             let mut tensors = BTreeMap::new();
             for (name, info) in meta.tensors() {
                 let (_, end) = info.data_offsets;
-                if data_start + end > mmap.len() {
+                if data_start.checked_add(end).is_none_or(|e| e > mmap.len()) {
                     return Err(Error::format(
                         &path,
                         format!("tensor {name} extends past the end of the file: truncated?"),
@@ -255,6 +295,10 @@ impl WeightSource for SafetensorsSource {
     fn check(&self, role: Role, shape: &[usize]) -> Result<()> {
         self.check_named(&role.hf_name(), shape)
     }
+
+    fn location(&self) -> &Path {
+        NamedSource::origin(self)
+    }
 }
 
 impl NamedSource for SafetensorsSource {
@@ -269,12 +313,15 @@ impl NamedSource for SafetensorsSource {
     fn read_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (bytes, dtype) = self.locate(name, shape)?;
         use safetensors::Dtype;
-        let out = match dtype {
+        let out: Vec<f32> = match dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             _ => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         };
         self.release(name);
+        // Every precision is converted from this f32 copy, so checking it covers f32 and bf16 loads.
+        let path = self.lookup(name).map_or_else(|| self.describe(), |(shard, _)| shard.path.clone());
+        check_finite(&path, name, &out)?;
         Ok(out)
     }
 
@@ -369,9 +416,14 @@ impl WeightSource for GgufSource<'_> {
         self.locate(role, shape).map(|_| ())
     }
 
+    fn location(&self) -> &Path {
+        &self.file.path
+    }
+
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self.locate(role, shape)?;
         let data = self.file.dequantize(t);
+        check_finite(&self.file.path, &role.gguf_name(), &data)?;
         let heads = match (role, self.permuted_qk) {
             (Role::Weight(_, Proj::Q) | Role::Bias(_, Proj::Q), Some((h, _))) => Some(h),
             (Role::Weight(_, Proj::K) | Role::Bias(_, Proj::K), Some((_, kv))) => Some(kv),

@@ -81,6 +81,9 @@ enum DisentangleArg {
 
 impl AttributeArgs {
     fn settings(&self) -> Result<Settings> {
+        if !self.lambda.is_finite() {
+            bail!("--lambda {} is not a finite number (every score would be NaN)", self.lambda);
+        }
         let universe = match self.universe {
             UniverseArg::Linear => Universe::Linear,
             UniverseArg::Ffn => Universe::Ffn,
@@ -114,6 +117,7 @@ impl AttributeArgs {
 
 pub fn run(args: AttributeArgs) -> Result<()> {
     let settings = args.settings()?;
+    super::common::check_out_dir(&args.out)?;
     let lt = args.task.load()?;
     let precision = args.precision.precision;
     if args.check_f32 && precision != Precision::Bf16 {
@@ -122,6 +126,7 @@ pub fn run(args: AttributeArgs) -> Result<()> {
     let loaded = args.model.load_at(precision)?;
     let sample_sets: Vec<(u64, Vec<usize>)> = match args.samples {
         Samples::All => vec![(0, (0..lt.task.examples.len()).collect())],
+        Samples::Drawn(0) => bail!("--samples 0 attributes nothing; give a positive number or `all`"),
         Samples::Drawn(n) => {
             let dev = split_indices(&lt.task, Split::Dev, args.task.split_seed, 0.1);
             if n > dev.len() {

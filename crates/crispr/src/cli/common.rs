@@ -18,7 +18,7 @@ pub struct TaskArgs {
     /// bbq:<Category>, bbq-lite:<Category>, a BBQ-format .jsonl, mrpc, rte, qnli, sst2, boolq, or jsonl:<path>.
     #[arg(long, default_value = "bbq:Age")]
     pub task: String,
-    /// Where named datasets live (default: $CRISPR_DATA_DIR, the cache, or a shared/data folder above).
+    /// Where named datasets live (default: $CRISPR_DATA_DIR, else the cache, fetched on first use).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// `paper` (BBQ), `default` (the task's own set) or a JSON file of instructions.
@@ -45,7 +45,7 @@ pub struct LoadedTask {
 
 impl TaskArgs {
     pub fn load(&self) -> Result<LoadedTask> {
-        let data_dir = data::resolve_data_dir(self.data_dir.as_deref())?;
+        let data_dir = crispr::datasets::data_dir_for(self.data_dir.as_deref(), &[self.task.as_str()])?;
         let task = data::load_task(&self.task, &data_dir).with_context(|| format!("loading task {}", self.task))?;
         let instructions = data::load_instructions(&self.instructions, &task, &data_dir)?;
         Ok(LoadedTask { task, instructions })
@@ -151,6 +151,25 @@ impl std::str::FromStr for Samples {
     }
 }
 
+/// Check an output directory before any computation: it is (or can be made) a directory and a
+/// file can be written in it. Catches `--out` naming a file or a read-only place at once rather
+/// than after minutes of work.
+pub fn check_out_dir(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("{}: is not a directory (--out names a directory)", out.display());
+    }
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: cannot create the directory: {e}", out.display()))?;
+    check_writable(out)
+}
+
+/// A file can be created in `dir` (probed with a hidden file that is removed at once).
+pub fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".crispr-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| anyhow::anyhow!("{}: cannot write here: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 pub fn sha256_of(path: &Path) -> String {
     crispr::resolve::sha256_file(path).unwrap_or_else(|_| "unavailable".into())
 }
@@ -160,9 +179,12 @@ pub fn model_checksum(path: &Path) -> String {
     if path.is_file() {
         return sha256_of(path);
     }
+    // The weight files the loader reads (the same rule as loading and export), plus the JSON
+    // files (configuration, tokenizer, index).
     let mut files: Vec<PathBuf> =
         std::fs::read_dir(path).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "json"));
+    files.retain(|p| p.extension().is_some_and(|x| x == "json"));
+    files.extend(crispr::weights::checkpoint_weight_files(path).unwrap_or_default());
     files.sort();
     let joined: Vec<String> = files
         .iter()

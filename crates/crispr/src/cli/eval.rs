@@ -68,6 +68,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.calibrate.is_some() && args.mode == Mode::Generation {
         bail!("--calibrate applies to scoring mode only");
     }
+    if args.limit == Some(0) {
+        bail!("--limit 0 selects no instances; give a positive number or leave it out for the whole split");
+    }
+    super::common::check_out_dir(&args.out)?;
     let lt = args.task.load()?;
     let precision = args.precision.precision;
     let mut loaded = args.model.load_at(precision)?;
@@ -81,6 +85,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut pruned = Vec::new();
     let pruning = if let (Some(dir), Some(top)) = (&args.scores, args.top) {
         let scores = read_scores(dir, loaded.model.sites())?;
+        if top > scores.len() {
+            bail!(
+                "--top {top} exceeds the {} neurons of the {} universe in {}",
+                scores.len(),
+                scores.universe.name(),
+                dir.display()
+            );
+        }
         let neurons = top_neurons(&scores, top);
         let _ = prune(loaded.model.as_mut(), &neurons);
         pruned = neurons;
@@ -91,6 +103,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "ffn" => crispr::model::Universe::Ffn,
             other => bail!("unknown --universe {other:?} (linear or ffn)"),
         };
+        let size: usize = loaded.model.sites().iter().filter(|s| s.universe == universe).map(|s| s.width).sum();
+        if n > size {
+            bail!("--random {n} exceeds the {size} neurons of the {} universe", universe.name());
+        }
         let neurons = random_neurons(loaded.model.sites(), universe, n, args.seed);
         let _ = prune(loaded.model.as_mut(), &neurons);
         pruned = neurons;

@@ -2,6 +2,7 @@
 
 mod attribute;
 mod common;
+mod data;
 mod eval;
 mod info;
 mod prune;
@@ -17,9 +18,12 @@ use crispr::precision::Precision;
 #[derive(Parser)]
 #[command(name = "crispr", version, about = "Find and remove bias neurons in instruction-following language models")]
 struct Cli {
-    /// Worker threads for matrix products (default: all cores).
+    /// Worker threads for matrix products (default: all cores; at most 1024).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+    /// Never download anything (datasets, models); fail with what to put where instead.
     #[arg(long, global = true)]
-    threads: Option<usize>,
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +44,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Write a copy of the model with the top-N neurons of a scores file zeroed, in its own format.
     Prune(prune::PruneArgs),
+    /// The named datasets: `data list` (cached or missing, size, license), `data fetch [NAME…]`.
+    Data(data::DataArgs),
 }
 
 /// How a model is named on the command line.
@@ -64,13 +70,41 @@ impl ModelArgs {
 
     /// The model's local path (resolving and downloading a Hub id or the default model).
     pub fn path(&self) -> Result<PathBuf> {
-        Ok(crispr::resolve::resolve_model(self.model.as_deref())?)
+        resolve_model(self.model.as_deref())
     }
+}
+
+/// [`crispr::resolve::resolve_model`], except that a missing path that can only be a local one
+/// (its first folder exists here, or it names a .gguf/.safetensors file) is reported as a missing
+/// file instead of being looked up on the Hub as `org/name`.
+pub fn resolve_model(arg: Option<&str>) -> Result<PathBuf> {
+    if let Some(a) = arg {
+        let p = std::path::Path::new(a);
+        if !p.exists() {
+            let repo = a.split('@').next().unwrap_or(a);
+            let org = repo.split('/').next().unwrap_or("");
+            let why = if repo.contains('/') && !org.is_empty() && std::path::Path::new(org).is_dir() {
+                Some(format!("{org}/ is a folder here, so this is a local path"))
+            } else if [".gguf", ".ggf", ".safetensors", ".json"].iter().any(|x| repo.ends_with(x)) {
+                Some("it names a model file".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                anyhow::bail!("{a}: no such file or directory ({why}, not a Hub id)");
+            }
+        }
+    }
+    Ok(crispr::resolve::resolve_model(arg)?)
 }
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
-    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if cli.offline {
+        crispr::datasets::set_offline(true);
+    }
+    let threads =
+        cli.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().context("starting the thread pool")?;
     match cli.command {
         Command::Info(a) => info::run(a),
@@ -80,5 +114,6 @@ pub fn run() -> Result<()> {
         Command::Attribute(a) => attribute::run(a),
         Command::Run(a) => run::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Data(a) => data::run(a),
     }
 }

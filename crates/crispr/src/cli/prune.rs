@@ -23,6 +23,15 @@ pub struct PruneArgs {
 }
 
 pub fn run(args: PruneArgs) -> Result<()> {
+    // The output is checked before the model is read.
+    if args.out.exists() {
+        anyhow::bail!(
+            "{}: already exists; choose a new output path (inputs are never overwritten)",
+            args.out.display()
+        );
+    }
+    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    super::common::check_writable(parent)?;
     let loaded = args.model.load()?;
     let scores = read_scores(&args.scores, loaded.model.sites())?;
     if args.top > scores.len() {

@@ -54,6 +54,12 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<Example>> {
         if candidates.len() < 2 {
             return Err(bad(format!("\"candidates\" has {} entries, at least 2 are needed", candidates.len())));
         }
+        // Two equal candidates make a string label ambiguous and the choice between them arbitrary.
+        for (i, c) in candidates.iter().enumerate() {
+            if let Some(j) = candidates[..i].iter().position(|d| d == c) {
+                return Err(bad(format!("candidates {j} and {i} are both {c:?}; candidates must differ")));
+            }
+        }
         let label = match obj.get("label") {
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(l) if (l as usize) < candidates.len() => l as usize,

@@ -18,7 +18,8 @@
 //!
 //! # Instruction sets
 //! - `paper` (BBQ only): the CRISPR paper's ten instructions (`tasks.bbq.crispr_paper.instructions`
-//!   in `<data>/instructions/templates.json`, ids `paper/0` … `paper/9`) in the paper's layout
+//!   in `<data>/instructions/templates.json` if present, else the built-in copy
+//!   [`BUILTIN_TEMPLATES`], ids `paper/0` … `paper/9`) in the paper's layout
 //!   [`PAPER_PROMPT_FORMAT`]. This is also BBQ's default.
 //! - `default`: BBQ → `paper`. NLU tasks → ten FLAN templates ([`flan_default_ids`] says which) with
 //!   the task's FLAN label words ([`super::glue::label_words`]). Custom tasks → see
@@ -242,9 +243,21 @@ fn compile(template: &str, task: &Task, sentence: Option<&str>) -> std::result::
     Ok(segs)
 }
 
-/// `<data>/instructions/templates.json`, parsed.
+/// The templates the tool ships with: the paper's ten BBQ instructions and the FLAN 2021/2022
+/// templates of the NLU tasks, verbatim, with their sources and licenses (MIT, Apache-2.0). They
+/// are part of the method rather than benchmark data, and short, so they are compiled in: no
+/// fetch, and a user's own `jsonl:` task needs no data directory.
+pub const BUILTIN_TEMPLATES: &str = include_str!("templates.json");
+
+/// `<data>/instructions/templates.json` when the data directory has one (same schema), else the
+/// built-in templates ([`BUILTIN_TEMPLATES`]).
 fn templates_json(data_dir: &Path) -> Result<(PathBuf, Value)> {
     let path = data_dir.join("instructions").join("templates.json");
+    if !path.is_file() {
+        let builtin = PathBuf::from("<built-in templates.json>");
+        let v = serde_json::from_str(BUILTIN_TEMPLATES).map_err(|e| Error::format(&builtin, e.to_string()))?;
+        return Ok((builtin, v));
+    }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let v = serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
     Ok((path, v))

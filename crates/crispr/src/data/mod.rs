@@ -17,8 +17,11 @@
 //! | `jsonl:<path>` | a user's own multiple-choice file | [`custom`] |
 //!
 //! Every loader rejects malformed input with an error that names the file and the 1-based line.
+//! Where the data directory comes from, and how named datasets get into it on first use, is
+//! [`crate::datasets`]'s business.
 
 pub mod bbq;
+pub mod csv;
 pub mod custom;
 pub mod glue;
 pub mod instructions;
@@ -171,16 +174,25 @@ pub fn resolve_data_dir(arg: Option<&Path>) -> Result<PathBuf> {
         return Ok(cached);
     }
     tried.push(cached.display().to_string());
+    if let Some(shared) = shared_data_dir() {
+        return Ok(shared);
+    }
     if let Ok(cwd) = std::env::current_dir() {
-        for dir in cwd.ancestors() {
-            let cand = dir.join("shared").join("data");
-            if cand.join("README.md").is_file() && cand.join("bbq").is_dir() {
-                return Ok(cand);
-            }
-        }
         tried.push(format!("shared/data in {} and its ancestors", cwd.display()));
     }
-    Err(Error::msg(format!("no data directory found; tried {}; pass --data-dir DIR", tried.join(", "))))
+    Err(Error::msg(format!(
+        "no data directory found; tried {}; pass --data-dir DIR, or run `crispr data fetch`",
+        tried.join(", ")
+    )))
+}
+
+/// A `shared/data` folder (one holding `README.md` and `bbq/`) in the current directory or one of
+/// its ancestors: this repository's CI data, beside the checkout.
+pub fn shared_data_dir() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors()
+        .map(|dir| dir.join("shared").join("data"))
+        .find(|cand| cand.join("README.md").is_file() && cand.join("bbq").is_dir())
 }
 
 fn existing_dir(p: &Path, what: &str) -> Result<PathBuf> {
@@ -243,12 +255,46 @@ const BBQ_COLLECTIONS: [(&str, &str); 3] =
 
 fn load_bbq(name: String, path: PathBuf) -> Result<Task> {
     let (bytes, sha256) = read_hashed(&path)?;
-    let examples = bbq::parse(&path, &bytes)?;
+    // The intersectional categories' bias targets need BBQ's metadata file, which lives at
+    // `bbq/supplemental/` next to `bbq/data/`.
+    let needs_meta = memchr_str(&bytes, b"\"Race_x_");
+    let meta_path =
+        path.parent().and_then(Path::parent).map(|p| p.join("supplemental").join("additional_metadata.csv"));
+    let meta = match meta_path.filter(|p| needs_meta && p.is_file()) {
+        Some(p) => {
+            let raw = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            Some(bbq::IntersectionalMeta::parse(&p, &raw)?)
+        }
+        None => {
+            if needs_meta {
+                eprintln!(
+                    "crispr: {}: no ../supplemental/additional_metadata.csv beside it, so the intersectional \
+                     examples have no bias target (accuracy only)",
+                    path.display()
+                );
+            }
+            None
+        }
+    };
+    let examples = bbq::parse_with(&path, &bytes, meta.as_ref())?;
     Ok(Task { name, kind: TaskKind::Bbq, examples, source: path, sha256 })
 }
 
 /// `<dir>/<category>.jsonl`, matching the category name case-insensitively so `bbq:age` works.
 fn bbq_category_file(dir: &Path, category: &str) -> Result<PathBuf> {
+    // A category is a file stem in that folder, never a path out of it (`bbq:../../x/SES` would
+    // otherwise load another collection's file under the name `bbq:SES`).
+    let plain = !category.is_empty()
+        && !category.contains(['/', '\\'])
+        && category != ".."
+        && category != "."
+        && !Path::new(category).is_absolute();
+    if !plain {
+        return Err(Error::format(
+            dir,
+            format!("BBQ category {category:?} must be a plain name such as Age, not a path"),
+        ));
+    }
     let exact = dir.join(format!("{category}.jsonl"));
     if exact.is_file() {
         return Ok(exact);
@@ -281,6 +327,10 @@ fn bbq_category_file(dir: &Path, category: &str) -> Result<PathBuf> {
             "no such BBQ category file ({hint}; BBQ-Lite is bbq-lite:<Category>, re-drawn files bbq-regen:<Category>)"
         ),
     ))
+}
+
+fn memchr_str(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Read a whole file and its SHA-256.

@@ -677,6 +677,12 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
         crate::score::generate(self, prompt, max_new, stop)
     }
 
+    fn next_token_logits(&self, prompt: &[u32], hook: Option<ForwardHook<'_, F>>) -> Vec<f64> {
+        let mut cache = self.new_cache();
+        let hidden = self.forward(prompt, &mut cache, hook);
+        self.logits(&hidden, &[prompt.len() - 1])[..self.cfg.vocab_size].iter().map(|x| x.to_f64()).collect()
+    }
+
     /// Prompts are visited in lexicographic token order, so each one reuses the cached keys and
     /// values of its longest common prefix with the previous one.
     fn score_many(&self, items: &[(&[u32], &[Vec<u32>])]) -> Vec<Vec<f64>> {

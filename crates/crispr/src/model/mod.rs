@@ -189,6 +189,19 @@ impl LlamaConfig {
                 return Err(format!("{name} must be positive"));
             }
         }
+        check_limits(&[
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_kv_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+        ])?;
+        check_positive_finite(&[("rope_theta", self.rope_theta), ("rms_norm_eps", self.rms_norm_eps)])?;
+        if self.max_position_embeddings == 0 {
+            return Err("max_position_embeddings must be positive".into());
+        }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
@@ -200,6 +213,36 @@ impl LlamaConfig {
         }
         Ok(())
     }
+}
+
+// Sanity limits on sizes read from a model's configuration. They sit far above any released model
+// (Llama 3.1 405B: hidden 16384, FFN 53248, 126 layers, 128 heads; vocabularies ≤ 262144) and
+// far below what would make a corrupt value allocate or loop without end before the weights are
+// checked against the file.
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_LAYERS: usize = 1 << 12;
+pub const MAX_HEADS: usize = 1 << 12;
+pub const MAX_HEAD_DIM: usize = 1 << 12;
+
+/// `name = value` must not exceed its limit.
+pub fn check_limits(items: &[(&str, usize, usize)]) -> Result<(), String> {
+    for &(name, v, max) in items {
+        if v > max {
+            return Err(format!("{name} = {v} is implausibly large (limit {max}): corrupt configuration?"));
+        }
+    }
+    Ok(())
+}
+
+/// Constants the forward pass divides by or raises to a power must be finite and positive.
+pub fn check_positive_finite(items: &[(&str, f64)]) -> Result<(), String> {
+    for &(name, v) in items {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(format!("{name} = {v} must be a positive finite number"));
+        }
+    }
+    Ok(())
 }
 
 /// The two neuron universes of the method.
@@ -266,6 +309,10 @@ pub trait LanguageModel<F: Float>: Send + Sync {
     fn score_many(&self, items: &[(&[u32], &[Vec<u32>])]) -> Vec<Vec<f64>> {
         items.iter().map(|(p, c)| self.score(p, c)).collect()
     }
+    /// Logits of the first answer token after `prompt` (decoder-only: the next token; encoder–decoder:
+    /// the decoder's first step), with `hook` seeing every site's output on the way. One forward
+    /// pass: what retention checks (KL on neutral prompts) and activation diagnostics need.
+    fn next_token_logits(&self, prompt: &[u32], hook: Option<ForwardHook<'_, F>>) -> Vec<f64>;
     /// Greedy decoding, stopping after any token in `stop`.
     fn generate(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32>;
     /// The linear layer whose `row` must be zeroed to silence unit `row` of `site` (the layer

@@ -161,6 +161,18 @@ impl T5Config {
                 return Err(format!("{name} must be positive"));
             }
         }
+        super::check_limits(&[
+            ("vocab_size", self.vocab_size, super::MAX_VOCAB),
+            ("d_model", self.d_model, super::MAX_WIDTH),
+            ("d_kv", self.d_kv, super::MAX_HEAD_DIM),
+            ("d_ff", self.d_ff, super::MAX_WIDTH),
+            ("num_layers", self.num_layers, super::MAX_LAYERS),
+            ("num_decoder_layers", self.num_decoder_layers, super::MAX_LAYERS),
+            ("num_heads", self.num_heads, super::MAX_HEADS),
+            ("relative_attention_num_buckets", self.relative_attention_num_buckets, 1 << 16),
+            ("relative_attention_max_distance", self.relative_attention_max_distance, 1 << 24),
+        ])?;
+        super::check_positive_finite(&[("layer_norm_epsilon", self.layer_norm_epsilon)])?;
         // The bidirectional bucketing halves the buckets and gives half of those to exact distances;
         // the logarithmic part divides by log(max_distance / max_exact).
         if self.relative_attention_num_buckets < 4 {
@@ -1482,7 +1494,9 @@ impl T5Model<f32> {
         };
         let stack = |kind: StackKind| -> Result<Stack<f32>> {
             let s = kind.name();
-            let mut blocks = Vec::with_capacity(cfg.layers(kind));
+            // Grown as blocks are read: a layer count the file cannot back fails at the first
+            // missing tensor instead of reserving memory for it.
+            let mut blocks = Vec::new();
             for l in 0..cfg.layers(kind) {
                 let (cross_norm, cross_attn) = if kind == StackKind::Decoder {
                     (
@@ -1588,6 +1602,18 @@ impl<F: Float> LanguageModel<F> for T5Model<F> {
 
     fn generate(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
         self.generate_greedy(prompt, max_new, stop)
+    }
+
+    fn next_token_logits(&self, prompt: &[u32], hook: Option<ForwardHook<'_, F>>) -> Vec<f64> {
+        let mut hook = hook;
+        let m = prompt.len();
+        let enc = self.run_encoder_packed(prompt, &[m], false, &mut hook).out;
+        let cross = self.cross_kv(&enc, m, &mut hook);
+        let mut cache = DecoderCache { layers: vec![(Vec::new(), Vec::new()); self.cfg.num_decoder_layers], len: 0 };
+        let parts = [DecoderPart { rows: Rows::single(0, 1), enc: 0..m }];
+        let start = [self.cfg.decoder_start_token_id];
+        let dec = self.run_decoder(&start, &parts, &cross, Some(&mut cache), false, &mut hook);
+        self.logits(&dec.out, 1)[..self.cfg.vocab_size].iter().map(|x| x.to_f64()).collect()
     }
 
     /// The encoder runs (traced) once per prompt and its cross-attention keys and values are
