@@ -83,7 +83,7 @@ pub fn probe(model: &dyn LanguageModel<f32>, prompts: &[Vec<u32>]) -> Activation
         let mut hook = |site: usize, out: &mut [f32]| {
             let info = &sites[site];
             let w = info.width;
-            if w == 0 || out.len() % w != 0 {
+            if w == 0 || !out.len().is_multiple_of(w) {
                 return;
             }
             let sum = &mut sums[site];

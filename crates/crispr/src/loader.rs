@@ -6,14 +6,16 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
+use crate::model::linear::Weights;
 use crate::model::llama::{Layer, LlamaModel};
 use crate::model::t5::{T5Config, T5Model};
 use crate::model::Linear;
-use crate::model::{Arch, Family, LanguageModel, LlamaConfig, Proj, RopeScaling};
+use crate::model::{Arch, Family, LanguageModel, LlamaConfig, Proj, RopeScaling, SiteInfo};
+use crate::precision::{check_fits, Available, Footprint, Precision};
 use crate::score::PromptStyle;
 use crate::tensor::Float;
 use crate::text::TextCodec;
-use crate::weights::{GgufSource, Role, SafetensorsSource, WeightSource};
+use crate::weights::{GgufSource, Probe, Role, SafetensorsSource, WeightSource};
 
 /// The on-disk form a model came in (pruned models are written back in the same form).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,10 +60,93 @@ impl LoadedModel {
 
 /// Load from a path: a directory (transformers checkpoint) or a `.gguf` file.
 pub fn load(path: &Path) -> Result<LoadedModel> {
+    load_at(path, Precision::F32)
+}
+
+/// [`load`] with weight matrices kept at `precision`.
+pub fn load_at(path: &Path, precision: Precision) -> Result<LoadedModel> {
     if path.is_dir() {
-        load_checkpoint(path)
+        load_checkpoint(path, precision)
     } else if path.is_file() {
-        load_gguf(path)
+        load_gguf(path, precision)
+    } else {
+        Err(Error::format(path, "no such file or directory"))
+    }
+}
+
+/// [`load_at`] after checking, from the headers alone, that the model fits in the memory
+/// available at `precision` (see [`crate::precision::check_fits`]).
+pub fn load_checked(path: &Path, precision: Precision) -> Result<LoadedModel> {
+    let info = inspect(path)?;
+    check_fits(path, &info.footprint, precision, &Available::now())?;
+    load_at(path, precision)
+}
+
+/// What `crispr info` shows, read from headers and metadata only.
+pub struct Inspection {
+    /// Architecture facts (as [`LanguageModel::describe`]), `parameters` counted from the header.
+    pub describe: Json,
+    pub sites: Vec<SiteInfo>,
+    pub text: TextCodec,
+    pub format: ModelFormat,
+    pub footprint: Footprint,
+}
+
+/// Read a model's configuration, tensor headers and tokenizer, never its weights: every tensor
+/// is checked for presence, shape and type exactly as [`load`] would, so a checkpoint `load`
+/// would refuse is refused here with the same error.
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let file_size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    if path.is_dir() {
+        let cfg_path = path.join("config.json");
+        let is_t5 = cfg_path.exists() && read_json(&cfg_path)?.get("model_type").and_then(Json::as_str) == Some("t5");
+        let format = ModelFormat::Checkpoint(path.to_path_buf());
+        let mapped = |s: &SafetensorsSource| -> u64 { s.files().iter().map(|f| file_size(f)).sum() };
+        if is_t5 {
+            let cfg = T5Config::from_json(&cfg_path, &read_json(&cfg_path)?)?;
+            let src = SafetensorsSource::open_dir(path)?;
+            let probe = Probe::new(&src);
+            let tied = cfg.tie_word_embeddings;
+            let model = T5Model::from_source(cfg, &probe)?;
+            let text = TextCodec::from_dir(path)?;
+            check_vocab(model.cfg.vocab_size, &text)?;
+            // A tied head stored again (transformers 5) is loaded once.
+            let mut fp = probe.footprint(if tied { &["lm_head.weight"] } else { &[] });
+            fp.mapped_bytes = mapped(&src);
+            let mut describe = model.describe();
+            describe["parameters"] = (fp.matrix_elements + fp.vector_elements).into();
+            describe["tied_embeddings"] = tied.into();
+            return Ok(Inspection { describe, sites: model.sites().to_vec(), text, format, footprint: fp });
+        }
+        if !cfg_path.exists() {
+            return Err(Error::format(path, "config.json is missing: not a transformers checkpoint directory"));
+        }
+        let cfg = config_from_hf(&cfg_path, &read_json(&cfg_path)?)?;
+        let src = SafetensorsSource::open_dir(path)?;
+        let probe = Probe::new(&src);
+        let model = build_model(cfg, &probe)?;
+        let text = TextCodec::from_dir(path)?;
+        check_vocab(model.cfg.vocab_size, &text)?;
+        let mut fp = probe.footprint(&[]);
+        fp.mapped_bytes = mapped(&src);
+        let mut describe = model.describe();
+        describe["parameters"] = (fp.matrix_elements + fp.vector_elements).into();
+        Ok(Inspection { describe, sites: model.sites().to_vec(), text, format, footprint: fp })
+    } else if path.is_file() {
+        let file = GgufFile::open(path)?;
+        let cfg = config_from_gguf(&file)?;
+        let permuted_qk = (cfg.arch == Arch::Llama).then_some((cfg.num_heads, cfg.num_kv_heads));
+        let src = GgufSource { file: &file, permuted_qk };
+        let probe = Probe::new(&src);
+        let model = build_model(cfg, &probe)?;
+        let text = TextCodec::from_gguf(&file)?;
+        check_vocab(model.cfg.vocab_size, &text)?;
+        let mut fp = probe.footprint(&[]);
+        fp.mapped_bytes = file_size(path);
+        let mut describe = model.describe();
+        describe["parameters"] = (fp.matrix_elements + fp.vector_elements).into();
+        let format = ModelFormat::Gguf(path.to_path_buf());
+        Ok(Inspection { describe, sites: model.sites().to_vec(), text, format, footprint: fp })
     } else {
         Err(Error::format(path, "no such file or directory"))
     }
@@ -220,6 +305,13 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
 
 /// Build a model from any weight source.
 pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaModel<f32>> {
+    build_model_at(cfg, src, Precision::F32)
+}
+
+/// [`build_model`] with weight matrices kept at `precision`, each converted as it is read (a
+/// bf16 model never holds more than one matrix in f32).
+pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Precision) -> Result<LlamaModel<f32>> {
+    let keep = |v: Vec<f32>| Weights::with_precision(v, precision);
     let (d, v) = (cfg.hidden_size, cfg.vocab_size);
     // The configuration's layer count must be backed by the file before anything is allocated
     // for it (a corrupt count would otherwise reserve memory for layers that do not exist).
@@ -234,12 +326,12 @@ pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaMode
             ),
         ));
     }
-    let embed = src.read(Role::Embed, &[v, d])?;
+    let embed = keep(src.read(Role::Embed, &[v, d])?);
     let mut layers = Vec::new();
     for l in 0..cfg.num_layers {
         let lin = |p: Proj| -> Result<Linear<f32>> {
             let (out_dim, in_dim) = (cfg.out_dim(p), cfg.in_dim(p));
-            let weight = src.read(Role::Weight(l, p), &[out_dim, in_dim])?;
+            let weight = keep(src.read(Role::Weight(l, p), &[out_dim, in_dim])?);
             let bias = if src.has(Role::Bias(l, p)) { Some(src.read(Role::Bias(l, p), &[out_dim])?) } else { None };
             Ok(Linear { weight, bias, out_dim, in_dim })
         };
@@ -256,18 +348,18 @@ pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaMode
         });
     }
     let final_norm = src.read(Role::FinalNorm, &[d])?;
-    let lm_head = if cfg.tie_word_embeddings { None } else { Some(src.read(Role::LmHead, &[v, d])?) };
+    let lm_head = if cfg.tie_word_embeddings { None } else { Some(keep(src.read(Role::LmHead, &[v, d])?)) };
     Ok(LlamaModel::new(cfg, embed, layers, final_norm, lm_head))
 }
 
-fn load_checkpoint(dir: &Path) -> Result<LoadedModel> {
+fn load_checkpoint(dir: &Path, precision: Precision) -> Result<LoadedModel> {
     let format = ModelFormat::Checkpoint(dir.to_path_buf());
     let cfg_path = dir.join("config.json");
     if cfg_path.exists() && read_json(&cfg_path)?.get("model_type").and_then(Json::as_str) == Some("t5") {
-        let (model, text) = load_t5(dir)?;
+        let (model, text) = load_t5_at(dir, precision)?;
         return Ok(LoadedModel { model: Box::new(model), text, format });
     }
-    let (model, text) = load_llama(dir)?;
+    let (model, text) = load_llama_at(dir, precision)?;
     Ok(LoadedModel { model: Box::new(model), text, format })
 }
 
@@ -277,6 +369,11 @@ pub const T5_MAX_TOKENS: usize = 4096;
 /// Load a T5 checkpoint directory (T5 v1.0, Flan-T5, T0: `config.json` with `model_type` "t5",
 /// safetensors weights, `tokenizer.json`) as its concrete type.
 pub fn load_t5(path: &Path) -> Result<(T5Model<f32>, TextCodec)> {
+    load_t5_at(path, Precision::F32)
+}
+
+/// [`load_t5`] with weight matrices kept at `precision`.
+pub fn load_t5_at(path: &Path, precision: Precision) -> Result<(T5Model<f32>, TextCodec)> {
     if !path.is_dir() {
         return Err(Error::format(
             path,
@@ -289,7 +386,7 @@ pub fn load_t5(path: &Path) -> Result<(T5Model<f32>, TextCodec)> {
     }
     let cfg = T5Config::from_json(&cfg_path, &read_json(&cfg_path)?)?;
     let src = SafetensorsSource::open_dir(path)?;
-    let model = T5Model::from_source(cfg, &src)?;
+    let model = T5Model::from_source_at(cfg, &src, precision)?;
     let mut text = TextCodec::from_dir(path)?;
     check_vocab(model.cfg.vocab_size, &text)?;
     // T5's relative positions have no fixed context; attention memory grows with the square of the
@@ -306,14 +403,19 @@ pub fn load_t5(path: &Path) -> Result<(T5Model<f32>, TextCodec)> {
     Ok((model, text))
 }
 
-fn load_gguf(path: &Path) -> Result<LoadedModel> {
-    let (model, text) = load_llama(path)?;
+fn load_gguf(path: &Path, precision: Precision) -> Result<LoadedModel> {
+    let (model, text) = load_llama_at(path, precision)?;
     Ok(LoadedModel { model: Box::new(model), text, format: ModelFormat::Gguf(path.to_path_buf()) })
 }
 
 /// Load a Llama-family model as its concrete type (for code that needs the family's own API,
 /// such as the f64 gradient checks).
 pub fn load_llama(path: &Path) -> Result<(LlamaModel<f32>, TextCodec)> {
+    load_llama_at(path, Precision::F32)
+}
+
+/// [`load_llama`] with weight matrices kept at `precision`.
+pub fn load_llama_at(path: &Path, precision: Precision) -> Result<(LlamaModel<f32>, TextCodec)> {
     if path.is_dir() {
         let cfg_path = path.join("config.json");
         if !cfg_path.exists() {
@@ -321,7 +423,7 @@ pub fn load_llama(path: &Path) -> Result<(LlamaModel<f32>, TextCodec)> {
         }
         let cfg = config_from_hf(&cfg_path, &read_json(&cfg_path)?)?;
         let src = SafetensorsSource::open_dir(path)?;
-        let model = build_model(cfg, &src)?;
+        let model = build_model_at(cfg, &src, precision)?;
         let mut text = TextCodec::from_dir(path)?;
         check_vocab(model.cfg.vocab_size, &text)?;
         text.max_tokens = Some(model.cfg.max_position_embeddings);
@@ -331,7 +433,7 @@ pub fn load_llama(path: &Path) -> Result<(LlamaModel<f32>, TextCodec)> {
         let cfg = config_from_gguf(&file)?;
         // llama.cpp permutes q/k rows of llama-architecture models only.
         let permuted_qk = (cfg.arch == Arch::Llama).then_some((cfg.num_heads, cfg.num_kv_heads));
-        let model = build_model(cfg, &GgufSource { file: &file, permuted_qk })?;
+        let model = build_model_at(cfg, &GgufSource { file: &file, permuted_qk }, precision)?;
         let mut text = TextCodec::from_gguf(&file)?;
         check_vocab(model.cfg.vocab_size, &text)?;
         text.max_tokens = Some(model.cfg.max_position_embeddings);
@@ -357,12 +459,7 @@ impl<F: Float> LlamaModel<F> {
     /// The same model with weights converted to another float type (f64 for gradient checks).
     pub fn cast<G: Float>(&self) -> LlamaModel<G> {
         let c = |v: &Vec<F>| v.iter().map(|x| G::from_f64(x.to_f64())).collect::<Vec<G>>();
-        let cl = |l: &Linear<F>| Linear {
-            weight: c(&l.weight),
-            bias: l.bias.as_ref().map(c),
-            out_dim: l.out_dim,
-            in_dim: l.in_dim,
-        };
+        let cl = |l: &Linear<F>| l.cast::<G>();
         let layers = self
             .layers
             .iter()
@@ -378,6 +475,12 @@ impl<F: Float> LlamaModel<F> {
                 down: cl(&l.down),
             })
             .collect();
-        LlamaModel::new(self.cfg.clone(), c(&self.embed), layers, c(&self.final_norm), self.lm_head.as_ref().map(c))
+        LlamaModel::new(
+            self.cfg.clone(),
+            self.embed.cast(),
+            layers,
+            c(&self.final_norm),
+            self.lm_head.as_ref().map(Weights::cast),
+        )
     }
 }

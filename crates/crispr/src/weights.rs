@@ -59,6 +59,8 @@ pub trait WeightSource {
     fn has(&self, role: Role) -> bool;
     /// Read a tensor as f32, row-major, checking it has `shape` (`[rows, cols]` or `[len]`).
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>>;
+    /// Every check [`Self::read`] makes, from the header alone (no tensor data is touched).
+    fn check(&self, role: Role, shape: &[usize]) -> Result<()>;
     /// The file or directory the weights come from, for error messages.
     fn location(&self) -> &Path;
 }
@@ -84,6 +86,77 @@ pub trait NamedSource {
     /// Read a tensor as f32, row-major, checking it has `shape`; a missing or mis-shaped tensor is
     /// an error naming the file and the tensor.
     fn read_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// Every check [`Self::read_named`] makes, from the header alone.
+    fn check_named(&self, name: &str, shape: &[usize]) -> Result<()>;
+}
+
+/// A source that checks every tensor asked for against the header and reads none: a model
+/// built from it has empty weights, its shapes validated, and [`Probe::footprint`] says what
+/// the real load will hold. `crispr info` and the memory check before loading use it.
+pub struct Probe<'a, S: ?Sized> {
+    inner: &'a S,
+    seen: std::cell::RefCell<Vec<(String, Vec<usize>)>>,
+}
+
+impl<'a, S: ?Sized> Probe<'a, S> {
+    pub fn new(inner: &'a S) -> Self {
+        Probe { inner, seen: Default::default() }
+    }
+
+    /// Elements of the tensors asked for, except those named in `skip`: 2-D ones are weight
+    /// matrices (stored at the chosen precision), the rest stay f32.
+    pub fn footprint(&self, skip: &[&str]) -> crate::precision::Footprint {
+        let mut fp = crate::precision::Footprint::default();
+        for (_, shape) in self.seen.borrow().iter().filter(|(n, _)| !skip.contains(&n.as_str())) {
+            let n = shape.iter().map(|&d| d as u64).product::<u64>();
+            if shape.len() == 2 {
+                fp.matrix_elements += n;
+            } else {
+                fp.vector_elements += n;
+            }
+        }
+        fp
+    }
+}
+
+impl<S: WeightSource + ?Sized> WeightSource for Probe<'_, S> {
+    fn has(&self, role: Role) -> bool {
+        self.inner.has(role)
+    }
+
+    fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
+        self.check(role, shape)?;
+        self.seen.borrow_mut().push((role.hf_name(), shape.to_vec()));
+        Ok(Vec::new())
+    }
+
+    fn check(&self, role: Role, shape: &[usize]) -> Result<()> {
+        self.inner.check(role, shape)
+    }
+
+    fn location(&self) -> &Path {
+        self.inner.location()
+    }
+}
+
+impl<S: NamedSource + ?Sized> NamedSource for Probe<'_, S> {
+    fn origin(&self) -> &Path {
+        self.inner.origin()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+
+    fn read_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.check_named(name, shape)?;
+        self.seen.borrow_mut().push((name.to_string(), shape.to_vec()));
+        Ok(Vec::new())
+    }
+
+    fn check_named(&self, name: &str, shape: &[usize]) -> Result<()> {
+        self.inner.check_named(name, shape)
+    }
 }
 
 fn shape_error(path: &Path, name: &str, found: &[usize], expected: &[usize]) -> Error {
@@ -199,6 +272,11 @@ impl SafetensorsSource {
         Some((s, s.tensors.get(name)?))
     }
 
+    /// The shard files, in the order they were opened.
+    pub fn files(&self) -> Vec<&Path> {
+        self.shards.iter().map(|s| s.path.as_path()).collect()
+    }
+
     /// Path of the shard holding `name`, for error messages.
     fn describe(&self) -> PathBuf {
         self.shards.first().map(|s| s.path.clone()).unwrap_or_default()
@@ -212,6 +290,10 @@ impl WeightSource for SafetensorsSource {
 
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
         self.read_named(&role.hf_name(), shape)
+    }
+
+    fn check(&self, role: Role, shape: &[usize]) -> Result<()> {
+        self.check_named(&role.hf_name(), shape)
     }
 
     fn location(&self) -> &Path {
@@ -229,6 +311,43 @@ impl NamedSource for SafetensorsSource {
     }
 
     fn read_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (bytes, dtype) = self.locate(name, shape)?;
+        use safetensors::Dtype;
+        let out: Vec<f32> = match dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            _ => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        };
+        self.release(name);
+        // Every precision is converted from this f32 copy, so checking it covers f32 and bf16 loads.
+        let path = self.lookup(name).map_or_else(|| self.describe(), |(shard, _)| shard.path.clone());
+        check_finite(&path, name, &out)?;
+        Ok(out)
+    }
+
+    fn check_named(&self, name: &str, shape: &[usize]) -> Result<()> {
+        self.locate(name, shape).map(|_| ())
+    }
+}
+
+impl SafetensorsSource {
+    /// Drop tensor `name`'s mapped pages from this process's resident set once it is converted:
+    /// otherwise a checkpoint read whole stays resident beside its converted copy (16 GB of an 8B
+    /// model's file next to its 16 GB in bf16).
+    fn release(&self, name: &str) {
+        if let Some((shard, info)) = self.lookup(name) {
+            let (a, b) = info.data_offsets;
+            // SAFETY: a read-only mapping of a file this tool never writes: dropped pages read back
+            // the same bytes from the file if anything touches them again.
+            let _ = unsafe {
+                shard.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, shard.data_start + a, b - a)
+            };
+        }
+    }
+
+    /// The bytes and type of tensor `name` after checking its presence, shape, type and size
+    /// (the slice is not read here: mapped pages are only faulted in when a caller reads them).
+    fn locate(&self, name: &str, shape: &[usize]) -> Result<(&[u8], safetensors::Dtype)> {
         let (shard, info) =
             self.lookup(name).ok_or_else(|| Error::format(&self.describe(), format!("tensor {name} is missing")))?;
         if info.shape != shape {
@@ -251,13 +370,7 @@ impl NamedSource for SafetensorsSource {
         if bytes.len() != n * width {
             return Err(Error::format(&shard.path, format!("tensor {name}: byte size does not match its shape")));
         }
-        let data: Vec<f32> = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            _ => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        };
-        check_finite(&shard.path, name, &data)?;
-        Ok(data)
+        Ok((bytes, info.dtype))
     }
 }
 
@@ -267,6 +380,23 @@ pub struct GgufSource<'a> {
     pub file: &'a GgufFile,
     /// `Some((heads, kv_heads))` when q/k rows are in GGML's permuted order.
     pub permuted_qk: Option<(usize, usize)>,
+}
+
+impl GgufSource<'_> {
+    /// The tensor playing `role`, after checking it is present with `shape`.
+    fn locate(&self, role: Role, shape: &[usize]) -> Result<&crate::gguf::TensorInfo> {
+        let name = role.gguf_name();
+        let t = self
+            .file
+            .tensor(&name)
+            .ok_or_else(|| Error::format(&self.file.path, format!("tensor {name} is missing")))?;
+        // GGUF lists dimensions fastest-first.
+        let found: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        if found != shape {
+            return Err(shape_error(&self.file.path, &name, &found, shape));
+        }
+        Ok(t)
+    }
 }
 
 /// Map a transformers (rotate-half) row of a q/k projection to its row in a GGUF file written by
@@ -282,23 +412,18 @@ impl WeightSource for GgufSource<'_> {
         self.file.tensor(&role.gguf_name()).is_some()
     }
 
+    fn check(&self, role: Role, shape: &[usize]) -> Result<()> {
+        self.locate(role, shape).map(|_| ())
+    }
+
     fn location(&self) -> &Path {
         &self.file.path
     }
 
     fn read(&self, role: Role, shape: &[usize]) -> Result<Vec<f32>> {
-        let name = role.gguf_name();
-        let t = self
-            .file
-            .tensor(&name)
-            .ok_or_else(|| Error::format(&self.file.path, format!("tensor {name} is missing")))?;
-        // GGUF lists dimensions fastest-first.
-        let found: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-        if found != shape {
-            return Err(shape_error(&self.file.path, &name, &found, shape));
-        }
+        let t = self.locate(role, shape)?;
         let data = self.file.dequantize(t);
-        check_finite(&self.file.path, &name, &data)?;
+        check_finite(&self.file.path, &role.gguf_name(), &data)?;
         let heads = match (role, self.permuted_qk) {
             (Role::Weight(_, Proj::Q) | Role::Bias(_, Proj::Q), Some((h, _))) => Some(h),
             (Role::Weight(_, Proj::K) | Role::Bias(_, Proj::K), Some((_, kv))) => Some(kv),

@@ -4,12 +4,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::common::{model_checksum, progress, Samples, TaskArgs};
+use super::common::{model_checksum, progress, LoadedTask, PrecisionArgs, Samples, TaskArgs};
 use super::ModelArgs;
 use crispr::attribution::{attribute_instruction, Disentangle, Instance, Objective, Scores, Settings, TokenAgg};
 use crispr::data::{split_indices, Split};
+use crispr::loader::LoadedModel;
 use crispr::model::Universe;
 use crispr::neurons::write_scores;
+use crispr::precision::{score_agreement, Precision};
 use crispr::score::encode;
 
 #[derive(Args)]
@@ -47,6 +49,12 @@ pub struct AttributeArgs {
     /// Neurons listed in neurons.json (the scores file always holds all of them).
     #[arg(long, default_value_t = 1000)]
     keep: usize,
+    #[command(flatten)]
+    precision: PrecisionArgs,
+    /// With --precision bf16: attribute again in f32 and record the agreement of the two
+    /// (top-100 overlap, Spearman over every neuron) in neurons.json. Doubles the work.
+    #[arg(long)]
+    check_f32: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -111,7 +119,11 @@ pub fn run(args: AttributeArgs) -> Result<()> {
     let settings = args.settings()?;
     super::common::check_out_dir(&args.out)?;
     let lt = args.task.load()?;
-    let loaded = args.model.load()?;
+    let precision = args.precision.precision;
+    if args.check_f32 && precision != Precision::Bf16 {
+        bail!("--check-f32 compares a --precision bf16 attribution with f32");
+    }
+    let loaded = args.model.load_at(precision)?;
     let sample_sets: Vec<(u64, Vec<usize>)> = match args.samples {
         Samples::All => vec![(0, (0..lt.task.examples.len()).collect())],
         Samples::Drawn(0) => bail!("--samples 0 attributes nothing; give a positive number or `all`"),
@@ -123,12 +135,58 @@ pub fn run(args: AttributeArgs) -> Result<()> {
             args.seed.iter().map(|&s| (s, crispr::data::split::sample_indices(&dev, n, s))).collect()
         }
     };
-    let style = loaded.prompt_style(false);
     let total: usize = sample_sets.iter().map(|s| s.1.len()).sum::<usize>() * lt.instructions.items.len();
     let bar = progress(total as u64, "attribute");
     let started = std::time::Instant::now();
+    let scores = attribute_all(&loaded, &lt, &sample_sets, &settings, &mut || bar.inc(1))?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let check = if args.check_f32 {
+        let reference = args.model.load_at(Precision::F32).context("loading the f32 model for --check-f32")?;
+        let bar = progress(total as u64, "attribute f32");
+        let f32_started = std::time::Instant::now();
+        let want = attribute_all(&reference, &lt, &sample_sets, &settings, &mut || bar.inc(1))?;
+        bar.finish_and_clear();
+        let flat = |s: &Scores| s.per_site.concat();
+        let a = score_agreement(&flat(&scores), &flat(&want), 100);
+        eprintln!("crispr: bf16 vs f32 attribution: top-100 overlap {}, Spearman {:.5}", a.top_overlap, a.spearman);
+        Some(json!({"against": "f32", "agreement": a, "f32_seconds": f32_started.elapsed().as_secs_f64()}))
+    } else {
+        None
+    };
+    let meta = json!({
+        "tool": {"name": "crispr", "version": env!("CARGO_PKG_VERSION")},
+        "model": {"path": loaded.format.path().display().to_string(), "sha256": model_checksum(loaded.format.path())},
+        "task": {"name": lt.task.name, "source": lt.task.source.display().to_string(), "sha256": lt.task.sha256},
+        "instructions": {"name": lt.instructions.name, "ids": lt.instructions.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>()},
+        "settings": settings,
+        "split_seed": args.task.split_seed,
+        "samples": sample_sets.iter().map(|(seed, idx)| json!({"seed": seed, "indices": idx})).collect::<Vec<_>>(),
+        "seconds": seconds,
+        "precision": precision,
+        "precision_check": check,
+    });
+    write_scores(&args.out, loaded.model.sites(), &scores, meta, args.keep)?;
+    eprintln!(
+        "crispr: attributed {} neurons over {total} (instance, instruction) pairs in {:.1} s → {}",
+        scores.len(),
+        seconds,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Scores of every sample set (seed) and instruction, averaged.
+fn attribute_all(
+    loaded: &LoadedModel,
+    lt: &LoadedTask,
+    sample_sets: &[(u64, Vec<usize>)],
+    settings: &Settings,
+    tick: &mut dyn FnMut(),
+) -> Result<Scores> {
+    let style = loaded.prompt_style(false);
     let mut per_seed = Vec::new();
-    for (_, indices) in &sample_sets {
+    for (_, indices) in sample_sets {
         let mut per_instruction = Vec::new();
         for ins in &lt.instructions.items {
             let instances = indices
@@ -140,29 +198,9 @@ pub fn run(args: AttributeArgs) -> Result<()> {
                 })
                 .collect::<crispr::Result<Vec<_>>>()
                 .with_context(|| format!("preparing instruction {}", ins.id))?;
-            per_instruction
-                .push(attribute_instruction(loaded.model.as_ref(), &instances, &settings, &mut |_| bar.inc(1)));
+            per_instruction.push(attribute_instruction(loaded.model.as_ref(), &instances, settings, &mut |_| tick()));
         }
         per_seed.push(Scores::mean(&per_instruction).context("no instructions")?);
     }
-    bar.finish_and_clear();
-    let scores = Scores::mean(&per_seed).context("no samples")?;
-    let meta = json!({
-        "tool": {"name": "crispr", "version": env!("CARGO_PKG_VERSION")},
-        "model": {"path": loaded.format.path().display().to_string(), "sha256": model_checksum(loaded.format.path())},
-        "task": {"name": lt.task.name, "source": lt.task.source.display().to_string(), "sha256": lt.task.sha256},
-        "instructions": {"name": lt.instructions.name, "ids": lt.instructions.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>()},
-        "settings": settings,
-        "split_seed": args.task.split_seed,
-        "samples": sample_sets.iter().map(|(seed, idx)| json!({"seed": seed, "indices": idx})).collect::<Vec<_>>(),
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    write_scores(&args.out, loaded.model.sites(), &scores, meta, args.keep)?;
-    eprintln!(
-        "crispr: attributed {} neurons over {total} (instance, instruction) pairs in {:.1} s → {}",
-        scores.len(),
-        started.elapsed().as_secs_f64(),
-        args.out.display()
-    );
-    Ok(())
+    Scores::mean(&per_seed).context("no samples")
 }

@@ -10,6 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crispr::data::{self, InstructionSet, Task};
+use crispr::precision::Precision;
 
 /// Task, data directory and instructions.
 #[derive(Args, Clone, Debug)]
@@ -26,6 +27,15 @@ pub struct TaskArgs {
     /// Seed of the dev/test split (10 % dev).
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
+}
+
+/// `--precision f32|bf16`.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct PrecisionArgs {
+    /// Weight matrices in f32 (the reference) or bf16 (half the memory; activations rounded to
+    /// bf16 with f32 accumulation; see README, "Precision").
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
 }
 
 pub struct LoadedTask {

@@ -1,15 +1,19 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::common::{model_checksum, progress, TaskArgs};
+use super::common::{model_checksum, progress, PrecisionArgs, TaskArgs};
 use super::ModelArgs;
 use crispr::data::{split_indices, InstructionSet, Split, Task};
-use crispr::evaluate::{evaluate, Calibration, EvalOptions, Evaluation, Mode};
+use crispr::evaluate::{
+    evaluate, recheck, top_two_gap, Calibration, EvalOptions, Evaluation, Mode, RecheckReport, BF16_RECHECK_MARGIN,
+    RECHECK_CALIBRATION,
+};
 use crispr::metrics::{metrics_json, summarize};
 use crispr::neurons::{atomic_write, read_scores, top_neurons};
+use crispr::precision::Precision;
 use crispr::prune::{prune, random_neurons};
 
 #[derive(Args)]
@@ -50,6 +54,14 @@ pub struct EvalArgs {
     /// Generation mode: maximum new tokens.
     #[arg(long, default_value_t = 24)]
     max_new_tokens: usize,
+    #[command(flatten)]
+    precision: PrecisionArgs,
+    /// bf16 scoring: examples whose two best candidates are closer than this many nats are
+    /// re-scored in f32, so that every choice is the f32 engine's. `auto`: measured per run (at
+    /// least 0.1, and 4 × the largest bf16 error on 16 calibration examples); `0`: no re-check
+    /// (and no f32 model loaded).
+    #[arg(long, default_value = "auto")]
+    recheck_margin: Margin,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -61,7 +73,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     super::common::check_out_dir(&args.out)?;
     let lt = args.task.load()?;
-    let mut loaded = args.model.load()?;
+    let precision = args.precision.precision;
+    let mut loaded = args.model.load_at(precision)?;
     let mut indices = split_indices(&lt.task, args.split, args.task.split_seed, 0.1);
     if let Some(n) = args.limit {
         if n < indices.len() {
@@ -69,6 +82,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             indices.sort_unstable();
         }
     }
+    let mut pruned = Vec::new();
     let pruning = if let (Some(dir), Some(top)) = (&args.scores, args.top) {
         let scores = read_scores(dir, loaded.model.sites())?;
         if top > scores.len() {
@@ -81,6 +95,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         let neurons = top_neurons(&scores, top);
         let _ = prune(loaded.model.as_mut(), &neurons);
+        pruned = neurons;
         json!({"kind": "scores", "scores": dir.display().to_string(), "top": top, "universe": scores.universe.name()})
     } else if let Some(n) = args.random {
         let universe = match args.universe.as_str() {
@@ -94,6 +109,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         let neurons = random_neurons(loaded.model.sites(), universe, n, args.seed);
         let _ = prune(loaded.model.as_mut(), &neurons);
+        pruned = neurons;
         json!({"kind": "random", "n": n, "seed": args.seed, "universe": universe.name()})
     } else {
         json!(null)
@@ -108,8 +124,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let bar = progress((indices.len() * lt.instructions.items.len()) as u64, "eval");
     let started = std::time::Instant::now();
-    let result = evaluate(&loaded, &lt.task, &lt.instructions, &indices, &opts, &mut || bar.inc(1))?;
+    let mut result = evaluate(&loaded, &lt.task, &lt.instructions, &indices, &opts, &mut || bar.inc(1))?;
     bar.finish_and_clear();
+    let recheck = if precision == Precision::Bf16 && args.mode == Mode::Scoring {
+        Some(recheck_in_f32(&args, &mut result, &lt.task, &lt.instructions, &indices, &opts, &pruned)?)
+    } else {
+        None
+    };
     let summary = summarize(&lt.task, &result, args.seed);
     let per: Vec<_> = result.iter().map(|(m, _)| m.clone()).collect();
     let mut doc = metrics_json(&lt.task, args.mode.as_str(), args.split.as_str(), &per, &summary);
@@ -122,6 +143,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         obj.insert("calibration".into(), json!(args.calibrate));
         obj.insert("instructions".into(), json!(lt.instructions.name));
         obj.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
+        obj.insert("precision".into(), json!(precision));
+        if let Some(r) = &recheck {
+            obj.insert("recheck".into(), json!(r));
+        }
     }
     std::fs::create_dir_all(&args.out).map_err(|e| anyhow::anyhow!("{}: {e}", args.out.display()))?;
     atomic_write(&args.out.join("metrics.json"), serde_json::to_string_pretty(&doc)?.as_bytes())?;
@@ -138,6 +163,57 @@ pub fn run(args: EvalArgs) -> Result<()> {
         args.out.join("metrics.json").display()
     );
     Ok(())
+}
+
+/// Re-score, in f32, the bf16 choices closer than the margin (see `evaluate::recheck`): the f32
+/// model is loaded, and pruned like the bf16 one, only if some choice needs it.
+#[allow(clippy::too_many_arguments)]
+fn recheck_in_f32(
+    args: &EvalArgs,
+    result: &mut Evaluation,
+    task: &Task,
+    set: &InstructionSet,
+    indices: &[usize],
+    opts: &EvalOptions,
+    pruned: &[crispr::prune::Neuron],
+) -> Result<RecheckReport> {
+    let (margin, calibrate) = match args.recheck_margin {
+        Margin::Auto => (BF16_RECHECK_MARGIN, RECHECK_CALIBRATION),
+        Margin::Fixed(m) => (m, 0),
+    };
+    let near = result.iter().flat_map(|(_, o)| o).filter(|o| top_two_gap(&o.scores) < margin).count();
+    if near == 0 && calibrate == 0 {
+        let examples = result.iter().map(|(_, o)| o.len()).sum();
+        return Ok(RecheckReport { margin, examples, ..RecheckReport::default() });
+    }
+    let mut reference = args.model.load_at(Precision::F32).context("loading the f32 model for the re-check")?;
+    let _ = prune(reference.model.as_mut(), pruned);
+    let report = recheck(result, &reference, task, set, indices, opts, margin, calibrate)?;
+    eprintln!(
+        "crispr: re-scored {} of {} bf16 choices in f32 (margin {:.3}; {} changed)",
+        report.rescored, report.examples, report.margin, report.changed
+    );
+    Ok(report)
+}
+
+/// `--recheck-margin auto|<nats>`.
+#[derive(Clone, Copy, Debug)]
+enum Margin {
+    Auto,
+    Fixed(f64),
+}
+
+impl std::str::FromStr for Margin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Margin::Auto);
+        }
+        match s.parse::<f64>() {
+            Ok(m) if m >= 0.0 && m.is_finite() => Ok(Margin::Fixed(m)),
+            _ => Err(format!("expected `auto` or a non-negative number of nats, got {s:?}")),
+        }
+    }
 }
 
 /// One JSON line per (instruction, example): the candidates, the gold answer, the choice, and the

@@ -1,10 +1,11 @@
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
 use super::ModelArgs;
 use crispr::loader::ModelFormat;
 use crispr::model::universe_sizes;
+use crispr::precision::{gib, Available, Precision};
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -15,14 +16,25 @@ pub struct InfoArgs {
     json: bool,
 }
 
+/// Headers, metadata and tokenizer only: no weight is read, so `info` on a model larger than
+/// memory is instant and says what each precision would need.
 pub fn run(args: InfoArgs) -> Result<()> {
-    let loaded = args.model.load()?;
-    let text = &loaded.text;
-    let (format, path) = match &loaded.format {
+    let model_path = args.model.path()?;
+    let inspected = crispr::loader::inspect(&model_path).context("reading the model's headers")?;
+    let text = &inspected.text;
+    let (format, path) = match &inspected.format {
         ModelFormat::Checkpoint(p) => ("checkpoint", p),
         ModelFormat::Gguf(p) => ("gguf", p),
     };
-    let sites = loaded.model.sites();
+    let sites = &inspected.sites;
+    let fp = &inspected.footprint;
+    let avail = Available::now();
+    let memory = json!({
+        "f32_bytes": fp.needed_bytes(Precision::F32),
+        "bf16_bytes": fp.needed_bytes(Precision::Bf16),
+        "available_bytes": avail.memory,
+        "address_space_left_bytes": avail.address_space,
+    });
     let (linear, ffn) = universe_sizes(sites);
     // Module kinds of the first layer (each stack), with their widths.
     let mut per_layer: Vec<serde_json::Value> = Vec::new();
@@ -30,7 +42,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         let kind = s.name.split('.').next_back().unwrap_or("");
         per_layer.push(json!({"stack": s.stack, "module": kind, "out": s.width, "universe": s.universe.name()}));
     }
-    let mut info = loaded.model.describe();
+    let mut info = inspected.describe.clone();
     let eot = text.end_of_turn.map(|id| json!({"id": id, "token": text.token(id)}));
     if let Some(obj) = info.as_object_mut() {
         obj.insert("path".into(), json!(path.display().to_string()));
@@ -41,6 +53,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         obj.insert("end_of_turn".into(), json!(eot));
         obj.insert("bos_token".into(), json!(text.bos_token));
         obj.insert("eos_token".into(), json!(text.eos_token));
+        obj.insert("memory".into(), memory);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -48,14 +61,29 @@ pub fn run(args: InfoArgs) -> Result<()> {
     }
     println!("model              {}", path.display());
     println!("format             {format}");
-    let skip =
-        ["path", "format", "universe", "sites_per_layer", "chat_template", "end_of_turn", "bos_token", "eos_token"];
+    let skip = [
+        "path",
+        "format",
+        "universe",
+        "sites_per_layer",
+        "chat_template",
+        "end_of_turn",
+        "bos_token",
+        "eos_token",
+        "memory",
+    ];
     if let Some(obj) = info.as_object() {
         for (k, v) in obj.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
             println!("{:<18} {}", k.replace('_', " "), v.to_string().trim_matches('"'));
         }
     }
     println!("neurons            linear universe {linear}, ffn universe {ffn}");
+    let free = avail.memory.map_or_else(|| "unknown".to_string(), gib);
+    println!(
+        "memory             {} in f32, {} in bf16 (available: {free})",
+        gib(fp.needed_bytes(Precision::F32)),
+        gib(fp.needed_bytes(Precision::Bf16))
+    );
     match (&text.chat_template, text.end_of_turn) {
         (Some(_), Some(id)) => {
             println!(

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use crispr::precision::Precision;
 
 #[derive(Parser)]
 #[command(name = "crispr", version, about = "Find and remove bias neurons in instruction-following language models")]
@@ -56,9 +57,20 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Load in f32, after checking it fits in memory.
     pub fn load(&self) -> Result<crispr::loader::LoadedModel> {
-        let path: PathBuf = resolve_model(self.model.as_deref())?;
-        crispr::loader::load(&path).with_context(|| "loading the model".to_string())
+        self.load_at(Precision::F32)
+    }
+
+    /// Load with weight matrices at `precision`, after checking it fits in memory.
+    pub fn load_at(&self, precision: Precision) -> Result<crispr::loader::LoadedModel> {
+        let path = self.path()?;
+        crispr::loader::load_checked(&path, precision).with_context(|| "loading the model".to_string())
+    }
+
+    /// The model's local path (resolving and downloading a Hub id or the default model).
+    pub fn path(&self) -> Result<PathBuf> {
+        resolve_model(self.model.as_deref())
     }
 }
 

@@ -160,7 +160,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let path = super::resolve_model(model_arg)?;
     // A resumed run must see the inputs its cached results were computed from.
     crispr::rundir::check_inputs(&args.out, &Inputs { model: common::model_checksum(&path), tasks })?;
-    let mut loaded = crispr::loader::load(&path).context("loading the model")?;
+    let mut loaded =
+        crispr::loader::load_checked(&path, crispr::precision::Precision::F32).context("loading the model")?;
     let started = std::time::Instant::now();
     let mut bars = Bars { bar: None };
     let result = run_pipeline(&cfg, &mut loaded, &args.out, data_dir, &mut bars)?;

@@ -6,6 +6,7 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::common::PrecisionArgs;
 use super::ModelArgs;
 use crispr::score;
 
@@ -19,6 +20,8 @@ pub struct ScoreArgs {
     /// Score the plain prompt text instead of applying the chat template.
     #[arg(long)]
     raw: bool,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 #[derive(Deserialize)]
@@ -46,7 +49,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         }
         lines.push((i + 1, parsed));
     }
-    let loaded = args.model.load()?;
+    let loaded = args.model.load_at(args.precision.precision)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for (lineno, l) in lines {

@@ -1,11 +1,156 @@
-//! A linear layer with row-level pruning support.
+//! A linear layer with row-level pruning support, and the storage of weight matrices.
 
+use half::bf16;
+
+use crate::precision::Precision;
 use crate::tensor::{linear, linear_backward_into, Float};
+use crate::tensor_bf16;
+
+/// A row-major weight matrix `[out × in]`, in the engine's float type or in bf16.
+#[derive(Clone, Debug)]
+pub enum Weights<F> {
+    /// In `F`: the reference path, bit for bit what it always was.
+    Full(Vec<F>),
+    /// In bf16 (`--precision bf16`): products round the activations to bf16 and accumulate in
+    /// f32 (see [`crate::tensor_bf16`]).
+    Bf16(Vec<bf16>),
+}
+
+impl<F> Default for Weights<F> {
+    fn default() -> Self {
+        Weights::Full(Vec::new())
+    }
+}
+
+impl Weights<f32> {
+    /// Keep `v` at precision `p` (rounding to nearest even for bf16).
+    pub fn with_precision(v: Vec<f32>, p: Precision) -> Self {
+        match p {
+            Precision::F32 => Weights::Full(v),
+            Precision::Bf16 => Weights::Bf16(v.into_iter().map(tensor_bf16::round).collect()),
+        }
+    }
+}
+
+fn to_f32<F: Float>(v: &[F]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f64() as f32).collect()
+}
+
+impl<F> Weights<F> {
+    pub fn len(&self) -> usize {
+        match self {
+            Weights::Full(v) => v.len(),
+            Weights::Bf16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn precision(&self) -> Precision {
+        match self {
+            Weights::Full(_) => Precision::F32,
+            Weights::Bf16(_) => Precision::Bf16,
+        }
+    }
+}
+
+impl<F: Float> Weights<F> {
+    /// `y[t] = x[t] · Wᵀ (+ bias)`.
+    pub fn linear(&self, x: &[F], tokens: usize, bias: Option<&[F]>, out_dim: usize) -> Vec<F> {
+        match self {
+            Weights::Full(w) => linear(x, tokens, w, bias, out_dim),
+            Weights::Bf16(w) => {
+                let y = tensor_bf16::linear(&to_f32(x), tokens, w, out_dim);
+                let mut y: Vec<F> = y.into_iter().map(F::from_f32).collect();
+                if let Some(b) = bias {
+                    for row in y.chunks_exact_mut(out_dim) {
+                        for (v, &bv) in row.iter_mut().zip(b) {
+                            *v += bv;
+                        }
+                    }
+                }
+                y
+            }
+        }
+    }
+
+    /// `dx += dy · W`: the input gradient of [`Self::linear`]; the weight gradient is never formed.
+    pub fn backward_into(&self, dx: &mut [F], dy: &[F], tokens: usize, out_dim: usize) {
+        match self {
+            Weights::Full(w) => linear_backward_into(dx, dy, tokens, w, out_dim),
+            Weights::Bf16(w) => {
+                let mut d = vec![0f32; dx.len()];
+                tensor_bf16::backward_into(&mut d, &to_f32(dy), tokens, w, out_dim);
+                for (a, b) in dx.iter_mut().zip(d) {
+                    *a += F::from_f32(b);
+                }
+            }
+        }
+    }
+
+    /// Row `r` (of width `width`) in `F`.
+    pub fn row(&self, r: usize, width: usize) -> Vec<F> {
+        let range = r * width..(r + 1) * width;
+        match self {
+            Weights::Full(v) => v[range].to_vec(),
+            Weights::Bf16(v) => v[range].iter().map(|b| F::from_f32(b.to_f32())).collect(),
+        }
+    }
+
+    /// Append row `r` to `out` (an embedding lookup).
+    pub fn extend_with_row(&self, out: &mut Vec<F>, r: usize, width: usize) {
+        let range = r * width..(r + 1) * width;
+        match self {
+            Weights::Full(v) => out.extend_from_slice(&v[range]),
+            Weights::Bf16(v) => out.extend(v[range].iter().map(|b| F::from_f32(b.to_f32()))),
+        }
+    }
+
+    /// Overwrite row `r` (rounded to bf16 when stored in bf16).
+    pub fn set_row(&mut self, r: usize, width: usize, values: &[F]) {
+        let range = r * width..(r + 1) * width;
+        match self {
+            Weights::Full(v) => v[range].copy_from_slice(values),
+            Weights::Bf16(v) => {
+                for (d, s) in v[range].iter_mut().zip(values) {
+                    *d = tensor_bf16::round(s.to_f64() as f32);
+                }
+            }
+        }
+    }
+
+    /// Set row `r` to zero (exact at either precision).
+    pub fn zero_row(&mut self, r: usize, width: usize) {
+        let range = r * width..(r + 1) * width;
+        match self {
+            Weights::Full(v) => v[range].fill(F::ZERO),
+            Weights::Bf16(v) => v[range].fill(bf16::ZERO),
+        }
+    }
+
+    /// The same matrix for another float type; bf16 storage stays bf16.
+    pub fn cast<G: Float>(&self) -> Weights<G> {
+        match self {
+            Weights::Full(v) => Weights::Full(v.iter().map(|x| G::from_f64(x.to_f64())).collect()),
+            Weights::Bf16(v) => Weights::Bf16(v.clone()),
+        }
+    }
+
+    /// Every element in `F`, for comparisons and tests.
+    pub fn to_vec(&self) -> Vec<F> {
+        match self {
+            Weights::Full(v) => v.clone(),
+            Weights::Bf16(v) => v.iter().map(|b| F::from_f32(b.to_f32())).collect(),
+        }
+    }
+}
 
 /// One linear layer, weight `[out × in]` (row = output unit), optional bias `[out]`.
 #[derive(Clone, Debug)]
 pub struct Linear<F> {
-    pub weight: Vec<F>,
+    pub weight: Weights<F>,
     pub bias: Option<Vec<F>>,
     pub out_dim: usize,
     pub in_dim: usize,
@@ -13,22 +158,22 @@ pub struct Linear<F> {
 
 impl<F: Float> Linear<F> {
     pub fn forward(&self, x: &[F], tokens: usize) -> Vec<F> {
-        linear(x, tokens, &self.weight, self.bias.as_deref(), self.out_dim)
+        self.weight.linear(x, tokens, self.bias.as_deref(), self.out_dim)
     }
 
     /// `dx += dy · W`; the weight gradient is never formed.
     pub fn backward_into(&self, dx: &mut [F], dy: &[F], tokens: usize) {
-        linear_backward_into(dx, dy, tokens, &self.weight, self.out_dim);
+        self.weight.backward_into(dx, dy, tokens, self.out_dim);
     }
 
     /// Row `r` of the weight and its bias entry.
     pub fn row(&self, r: usize) -> (Vec<F>, Option<F>) {
-        (self.weight[r * self.in_dim..(r + 1) * self.in_dim].to_vec(), self.bias.as_ref().map(|b| b[r]))
+        (self.weight.row(r, self.in_dim), self.bias.as_ref().map(|b| b[r]))
     }
 
     /// Overwrite row `r` (and its bias entry, if the layer has a bias).
     pub fn set_row(&mut self, r: usize, weights: &[F], bias: Option<F>) {
-        self.weight[r * self.in_dim..(r + 1) * self.in_dim].copy_from_slice(weights);
+        self.weight.set_row(r, self.in_dim, weights);
         if let (Some(b), Some(v)) = (self.bias.as_mut(), bias) {
             b[r] = v;
         }
@@ -36,9 +181,19 @@ impl<F: Float> Linear<F> {
 
     /// Make output unit `r` output 0 at every position.
     pub fn zero_row(&mut self, r: usize) {
-        self.weight[r * self.in_dim..(r + 1) * self.in_dim].fill(F::ZERO);
+        self.weight.zero_row(r, self.in_dim);
         if let Some(b) = self.bias.as_mut() {
             b[r] = F::ZERO;
+        }
+    }
+
+    /// The same layer for another float type (bf16 weights stay bf16).
+    pub fn cast<G: Float>(&self) -> Linear<G> {
+        Linear {
+            weight: self.weight.cast(),
+            bias: self.bias.as_ref().map(|b| b.iter().map(|x| G::from_f64(x.to_f64())).collect()),
+            out_dim: self.out_dim,
+            in_dim: self.in_dim,
         }
     }
 }

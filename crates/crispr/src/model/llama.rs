@@ -10,10 +10,11 @@
 
 use rayon::prelude::*;
 
+use crate::model::linear::Weights;
 use crate::model::ops::{rms_norm, rms_norm_backward, softmax_in_place};
 use crate::model::{Family, LanguageModel, Linear, LlamaConfig, ModuleId, Proj, RopeScaling, SiteInfo, Universe};
 pub use crate::model::{ForwardHook, GradVisitor};
-use crate::tensor::{linear, linear_backward_into, matmul_serial, Float, Mat, MatMut};
+use crate::tensor::{matmul_serial, Float, Mat, MatMut};
 
 #[derive(Clone, Debug)]
 pub struct Layer<F> {
@@ -59,11 +60,11 @@ impl<F> Layer<F> {
 pub struct LlamaModel<F> {
     pub cfg: LlamaConfig,
     /// `[vocab × hidden]`
-    pub embed: Vec<F>,
+    pub embed: Weights<F>,
     pub layers: Vec<Layer<F>>,
     pub final_norm: Vec<F>,
     /// `None` when the output projection is tied to the embedding.
-    pub lm_head: Option<Vec<F>>,
+    pub lm_head: Option<Weights<F>>,
     rope: RopeTable,
     sites: Vec<SiteInfo>,
 }
@@ -131,10 +132,10 @@ struct LayerTrace<F> {
 impl<F: Float> LlamaModel<F> {
     pub fn new(
         cfg: LlamaConfig,
-        embed: Vec<F>,
+        embed: Weights<F>,
         layers: Vec<Layer<F>>,
         final_norm: Vec<F>,
-        lm_head: Option<Vec<F>>,
+        lm_head: Option<Weights<F>>,
     ) -> Self {
         let rope = RopeTable::new(&cfg);
         let sites = (0..cfg.num_layers * Proj::SITES.len())
@@ -182,7 +183,7 @@ impl<F: Float> LlamaModel<F> {
         let mut x = Vec::with_capacity(tokens.len() * d);
         for &t in tokens {
             let t = t as usize;
-            x.extend_from_slice(&self.embed[t * d..(t + 1) * d]);
+            self.embed.extend_with_row(&mut x, t, d);
         }
         x
     }
@@ -416,8 +417,8 @@ impl<F: Float> LlamaModel<F> {
         for &r in rows {
             sel.extend_from_slice(&hidden[r * d..(r + 1) * d]);
         }
-        let head = self.lm_head.as_deref().unwrap_or(&self.embed);
-        linear(&sel, rows.len(), head, None, self.cfg.vocab_size)
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        head.linear(&sel, rows.len(), None, self.cfg.vocab_size)
     }
 
     /// Backward pass. `d_logits` is the gradient with respect to the logits of `rows` (as returned
@@ -425,9 +426,9 @@ impl<F: Float> LlamaModel<F> {
     pub fn backward(&self, trace: &Trace<F>, rows: &[usize], d_logits: &[F], visit: GradVisitor<'_, F>) {
         let cfg = &self.cfg;
         let (n, d) = (trace.tokens, cfg.hidden_size);
-        let head = self.lm_head.as_deref().unwrap_or(&self.embed);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut d_sel = vec![F::ZERO; rows.len() * d];
-        linear_backward_into(&mut d_sel, d_logits, rows.len(), head, cfg.vocab_size);
+        head.backward_into(&mut d_sel, d_logits, rows.len(), cfg.vocab_size);
         let mut d_hidden = vec![F::ZERO; n * d];
         for (i, &r) in rows.iter().enumerate() {
             for (a, &b) in d_hidden[r * d..(r + 1) * d].iter_mut().zip(&d_sel[i * d..(i + 1) * d]) {
@@ -649,7 +650,7 @@ impl<F> LlamaModel<F> {
                     + [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(lin).sum::<usize>()
             })
             .sum();
-        self.embed.len() + layers + self.final_norm.len() + self.lm_head.as_ref().map_or(0, Vec::len)
+        self.embed.len() + layers + self.final_norm.len() + self.lm_head.as_ref().map_or(0, Weights::len)
     }
 }
 

@@ -25,9 +25,11 @@ use rayon::prelude::*;
 use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
+use crate::model::linear::Weights;
 use crate::model::ops::{rms_norm, rms_norm_backward, softmax_in_place};
 use crate::model::{CandidateGradVisitor, Family, LanguageModel, Linear, SiteInfo, Universe};
 pub use crate::model::{ForwardHook, GradVisitor};
+use crate::precision::Precision;
 use crate::score::{argmax, log_prob_of};
 use crate::tensor::{matmul_serial, Float, Mat, MatMut};
 use crate::weights::NamedSource;
@@ -448,11 +450,11 @@ pub struct Stack<F> {
 pub struct T5Model<F> {
     pub cfg: T5Config,
     /// `[vocab × d_model]`, shared by both stacks.
-    pub shared: Vec<F>,
+    pub shared: Weights<F>,
     pub encoder: Stack<F>,
     pub decoder: Stack<F>,
     /// `None` when the LM head is the embedding.
-    pub lm_head: Option<Vec<F>>,
+    pub lm_head: Option<Weights<F>>,
     site_keys: Vec<T5Site>,
     sites: Vec<SiteInfo>,
     enc_projs: Vec<T5Proj>,
@@ -648,7 +650,13 @@ fn par_rows<F: Float>(data: &mut [F], width: usize, f: impl Fn(usize, &mut [F]) 
 }
 
 impl<F: Float> T5Model<F> {
-    pub fn new(cfg: T5Config, shared: Vec<F>, encoder: Stack<F>, decoder: Stack<F>, lm_head: Option<Vec<F>>) -> Self {
+    pub fn new(
+        cfg: T5Config,
+        shared: Weights<F>,
+        encoder: Stack<F>,
+        decoder: Stack<F>,
+        lm_head: Option<Weights<F>>,
+    ) -> Self {
         let enc_projs = cfg.block_projs(StackKind::Encoder);
         let dec_projs = cfg.block_projs(StackKind::Decoder);
         let mut site_keys = Vec::new();
@@ -698,7 +706,7 @@ impl<F: Float> T5Model<F> {
         let mut x = Vec::with_capacity(tokens.len() * d);
         for &t in tokens {
             let t = t as usize;
-            x.extend_from_slice(&self.shared[t * d..(t + 1) * d]);
+            self.shared.extend_with_row(&mut x, t, d);
         }
         x
     }
@@ -1096,8 +1104,8 @@ impl<F: Float> T5Model<F> {
         StackTrace { blocks, final_in: x, final_inv_rms: inv, out }
     }
 
-    fn head(&self) -> &[F] {
-        self.lm_head.as_deref().unwrap_or(&self.shared)
+    fn head(&self) -> &Weights<F> {
+        self.lm_head.as_ref().unwrap_or(&self.shared)
     }
 
     fn output_scale(&self) -> F {
@@ -1118,7 +1126,7 @@ impl<F: Float> T5Model<F> {
         } else {
             hidden
         };
-        crate::tensor::linear(h, rows, self.head(), None, self.cfg.vocab_size)
+        self.head().linear(h, rows, None, self.cfg.vocab_size)
     }
 
     /// Logits at every decoder position for `decoder_input` (starting with the decoder start
@@ -1268,7 +1276,7 @@ impl<F: Float> T5Model<F> {
             candidate.iter().enumerate().map(|(i, &t)| log_prob_of(&logits[i * vocab..(i + 1) * vocab], t)).sum();
         let d_logits = crate::score::d_logprob_d_logits(&logits, candidate, vocab);
         let mut d_hidden = vec![F::ZERO; n * d];
-        crate::tensor::linear_backward_into(&mut d_hidden, &d_logits, n, self.head(), vocab);
+        self.head().backward_into(&mut d_hidden, &d_logits, n, vocab);
         if self.cfg.scale_decoder_outputs {
             let s = self.output_scale();
             for v in &mut d_hidden {
@@ -1426,12 +1434,7 @@ impl<F: Float> T5Model<F> {
     /// The same model with weights converted to another float type (f64 for gradient checks).
     pub fn cast<G: Float>(&self) -> T5Model<G> {
         let c = |v: &Vec<F>| v.iter().map(|x| G::from_f64(x.to_f64())).collect::<Vec<G>>();
-        let cl = |l: &Linear<F>| Linear {
-            weight: c(&l.weight),
-            bias: l.bias.as_ref().map(c),
-            out_dim: l.out_dim,
-            in_dim: l.in_dim,
-        };
+        let cl = |l: &Linear<F>| l.cast::<G>();
         let ca = |a: &Attention<F>| Attention { q: cl(&a.q), k: cl(&a.k), v: cl(&a.v), o: cl(&a.o) };
         let cs = |s: &Stack<F>| Stack {
             blocks: s
@@ -1451,10 +1454,10 @@ impl<F: Float> T5Model<F> {
         };
         T5Model::new(
             self.cfg.clone(),
-            c(&self.shared),
+            self.shared.cast(),
             cs(&self.encoder),
             cs(&self.decoder),
-            self.lm_head.as_ref().map(c),
+            self.lm_head.as_ref().map(Weights::cast),
         )
     }
 }
@@ -1465,6 +1468,13 @@ impl T5Model<f32> {
     /// `lm_head.weight` when the checkpoint has its own, as transformers 5 does (it unties a head
     /// that differs from the embedding even when the config says tied).
     pub fn from_source(cfg: T5Config, src: &dyn NamedSource) -> Result<Self> {
+        Self::from_source_at(cfg, src, Precision::F32)
+    }
+
+    /// [`Self::from_source`] with weight matrices kept at `precision`, each converted as it is
+    /// read (a bf16 model never holds more than one matrix in f32).
+    pub fn from_source_at(cfg: T5Config, src: &dyn NamedSource, precision: Precision) -> Result<Self> {
+        let keep = |v: Vec<f32>| Weights::with_precision(v, precision);
         let (d, inner, ff, vocab) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff, cfg.vocab_size);
         let embed_name = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
             .into_iter()
@@ -1472,7 +1482,7 @@ impl T5Model<f32> {
             .unwrap_or("shared.weight");
         let shared = src.read_named(embed_name, &[vocab, d])?;
         let lin = |name: String, out_dim: usize, in_dim: usize| -> Result<Linear<f32>> {
-            Ok(Linear { weight: src.read_named(&name, &[out_dim, in_dim])?, bias: None, out_dim, in_dim })
+            Ok(Linear { weight: keep(src.read_named(&name, &[out_dim, in_dim])?), bias: None, out_dim, in_dim })
         };
         let attn = |prefix: String| -> Result<Attention<f32>> {
             Ok(Attention {
@@ -1533,11 +1543,11 @@ impl T5Model<f32> {
         let lm_head = if src.contains("lm_head.weight") || !cfg.tie_word_embeddings {
             let head = src.read_named("lm_head.weight", &[vocab, d])?;
             // A stored copy of a tied embedding is the embedding: keep one.
-            (head != shared).then_some(head)
+            (head != shared).then(|| keep(head))
         } else {
             None
         };
-        Ok(T5Model::new(cfg, shared, encoder, decoder, lm_head))
+        Ok(T5Model::new(cfg, keep(shared), encoder, decoder, lm_head))
     }
 }
 
@@ -1563,7 +1573,7 @@ impl<F> T5Model<F> {
                     })
                     .sum::<usize>()
         };
-        self.shared.len() + stack(&self.encoder) + stack(&self.decoder) + self.lm_head.as_ref().map_or(0, Vec::len)
+        self.shared.len() + stack(&self.encoder) + stack(&self.decoder) + self.lm_head.as_ref().map_or(0, Weights::len)
     }
 }
 
@@ -1808,6 +1818,18 @@ pub mod synthetic {
         }
 
         fn read_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+            self.check_shape(name, shape)?;
+            let (center, half) = init_rule(&self.cfg, name);
+            Ok(values(name, shape.iter().product(), center, half, self.seed))
+        }
+
+        fn check_named(&self, name: &str, shape: &[usize]) -> Result<()> {
+            self.check_shape(name, shape)
+        }
+    }
+
+    impl DeterministicSource {
+        fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
             let found = self
                 .shapes
                 .get(name)
@@ -1818,8 +1840,7 @@ pub mod synthetic {
                     format!("tensor {name} has shape {found:?}, expected {shape:?}"),
                 ));
             }
-            let (center, half) = init_rule(&self.cfg, name);
-            Ok(values(name, shape.iter().product(), center, half, self.seed))
+            Ok(())
         }
     }
 
@@ -1859,7 +1880,7 @@ pub mod synthetic {
         header.insert("__metadata__".into(), json!({"format": "pt"}));
         let mut head = Json::Object(header).to_string().into_bytes();
         // The data section starts 8-byte aligned.
-        while head.len() % 8 != 0 {
+        while !head.len().is_multiple_of(8) {
             head.push(b' ');
         }
         let io = |e| Error::io(&path, e);
