@@ -377,66 +377,15 @@ fn svg_tradeoff(r: &RunResult) -> (String, String) {
 
 const PALETTE: [&str; 3] = ["#6b7280", "#2563eb", "#d97706"];
 
-/// A line chart of dev accuracy against n.
+/// A line chart of dev accuracy against n (the dashed line marks the chosen n).
 fn svg_search(r: &RunResult) -> String {
-    let (w, h, pad) = (560.0, 260.0, 44.0);
-    if r.search.is_empty() {
-        return String::new();
-    }
-    let max_n = r.search.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f64;
-    let (lo, hi) = r.search.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (lo, hi) = if hi - lo < 1.0 { (lo - 1.0, hi + 1.0) } else { (lo - 0.5, hi + 0.5) };
-    let x = |n: f64| pad + n / max_n * (w - 2.0 * pad);
-    let y = |v: f64| h - pad - (v - lo) / (hi - lo) * (h - 2.0 * pad);
-    let mut s = format!(
-        r#"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="dev accuracy against pruned neurons">"#
-    );
-    let _ = write!(
-        s,
-        r##"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="#999"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{0}" stroke="#999"/>"##,
-        h - pad,
-        w - pad
-    );
-    for i in 0..=4 {
-        let v = lo + (hi - lo) * i as f64 / 4.0;
-        let _ = write!(
-            s,
-            r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{v:.1}</text><line x1="{pad}" x2="{}" y1="{2}" y2="{2}" stroke="#eee"/>"##,
-            pad - 4.0,
-            y(v) + 4.0,
-            w - pad
-        );
-    }
-    for i in 0..=4 {
-        let n = max_n * i as f64 / 4.0;
-        let _ =
-            write!(s, r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{n:.0}</text>"#, x(n), h - pad + 16.0);
-    }
-    let pts: Vec<String> = r.search.iter().map(|(n, v)| format!("{:.1},{:.1}", x(*n as f64), y(*v))).collect();
-    let _ = write!(s, r##"<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{}"/>"##, pts.join(" "));
-    for (n, v) in &r.search {
-        let chosen = *n == r.n_selected;
-        let _ = write!(
-            s,
-            r##"<circle cx="{:.1}" cy="{:.1}" r="{}" fill="{}"><title>n = {n}: {v:.2}</title></circle>"##,
-            x(*n as f64),
-            y(*v),
-            if chosen { 6 } else { 3 },
-            if chosen { "#dc2626" } else { "#2563eb" }
-        );
-    }
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">pruned neurons n</text>"#,
-        w / 2.0,
-        h - 6.0
-    );
-    let _ = write!(
-        s,
-        r#"<text x="12" y="{}" font-size="12" transform="rotate(-90 12 {0})" text-anchor="middle">dev accuracy</text></svg>"#,
-        h / 2.0
-    );
-    s
+    let pts: Vec<(f64, f64)> = r.search.iter().map(|&(n, v)| (n as f64, v)).collect();
+    svg_lines(
+        &[("dev accuracy", "#2563eb", pts)],
+        r.n_selected as f64,
+        "dev accuracy",
+        "dev accuracy against pruned neurons",
+    )
 }
 
 /// Grouped bars: one group per label, one bar per series.
@@ -700,7 +649,7 @@ td:first-child,td:nth-child(2),th:first-child{{text-align:left}}code{{background
     if !sel.is_empty() {
         let _ = write!(s, "<p>{}</p>", esc(&sel));
     }
-    let _ = write!(s, "<h2>Choosing n on dev</h2><figure>{}<figcaption>Dev accuracy (mean over instructions) at every n the golden-section search and final sweep evaluated; the red point is the chosen n.</figcaption></figure>", svg_search(r));
+    let _ = write!(s, "<h2>Choosing n on dev</h2><figure>{}<figcaption>Dev accuracy (mean over instructions) at every n the search evaluated; the dashed line is the chosen n.</figcaption></figure>", svg_search(r));
     let (trade, kl) = svg_tradeoff(r);
     if !trade.is_empty() {
         let _ = write!(s, "<h2>Retention trade-off</h2><figure>{trade}<figcaption>Change against the unpruned model on dev, in points, at every evaluated n: the target's accuracy gain, the largest drop of any retained task, and the target's disambiguated accuracy. The dashed line is the chosen n.</figcaption></figure>");
