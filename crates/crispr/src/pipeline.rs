@@ -145,8 +145,8 @@ impl RunConfig {
                 },
             )),
             "retain" => {
-                // The paper's attribution, then selection that keeps skills: per-module
-                // normalisation, no rows writing massive-activation dimensions, the retained
+                // The paper's attribution, then selection that keeps skills: no rows writing
+                // massive-activation dimensions, the retained
                 // tasks' top skill neurons protected, and n searched under a retention constraint
                 // (no checked skill drops by more than 1 point on dev; KL on neutral prompts).
                 let mut cfg = base(
@@ -181,7 +181,8 @@ impl RunConfig {
                     },
                 );
                 cfg.selection = SelectionConfig {
-                    normalize: true,
+                    // Per-module normalisation stays a switch: it was not measured at size.
+                    normalize: false,
                     exclude_massive: true,
                     protect: retain.clone(),
                     protect_top: 200,
@@ -1158,4 +1159,23 @@ fn export_stage(env: &mut Env<'_>, loaded: &LoadedModel, neurons: &[Neuron]) -> 
     }
     write_pruned(&loaded.format, &rows, &out)?;
     Ok(name)
+}
+
+#[cfg(test)]
+mod preset_tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_is_valid_and_only_retain_changes_selection() {
+        let retain = vec!["mrpc".to_string(), "rte".to_string()];
+        for name in ["quick", "paper", "retain"] {
+            let cfg = RunConfig::preset(name, "default", "bbq:Age", retain.clone()).unwrap();
+            cfg.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let faithful = cfg.selection.is_faithful() && cfg.search.constraint.is_none();
+            assert_eq!(faithful, name != "retain", "{name}");
+        }
+        let r = RunConfig::preset("retain", "default", "bbq:Age", retain.clone()).unwrap();
+        assert_eq!(r.selection.protect, retain);
+        assert_eq!(r.attribution, RunConfig::preset("paper", "default", "bbq:Age", vec![]).unwrap().attribution);
+    }
 }
