@@ -426,6 +426,7 @@ fn offline_error_lists_files_urls_and_where_they_go() {
 /// NLU tasks) on the tiny checkpoint, with small subsets.
 fn run_config(dir: &Path) -> PathBuf {
     let model = common::fixtures().join("tiny").join("llama");
+    let settings = common::ATTRIBUTION_SETTINGS_TOML;
     let text = format!(
         r#"model = "{}"
 task = "bbq:Age"
@@ -438,13 +439,7 @@ samples = 6
 seeds = [2026]
 instructions = 2
 
-[attribution.settings]
-universe = "linear"
-objective = "prob"
-token_agg = "max"
-disentangle = "per-instance"
-lambda = 1.0
-alpha = true
+{settings}
 
 [search]
 lo = 0

@@ -403,6 +403,7 @@ fn bbq_categories_cannot_name_paths() {
 /// A run configuration for the crafted GGUF model on a custom task (`limit` 0: the whole test
 /// split, to make a run last).
 fn run_config(model: &str, task: &str, limit: usize) -> String {
+    let settings = common::ATTRIBUTION_SETTINGS_TOML;
     format!(
         r#"model = "{model}"
 task = "{task}"
@@ -415,13 +416,7 @@ samples = 4
 seeds = [2026]
 instructions = 0
 
-[attribution.settings]
-universe = "linear"
-objective = "prob"
-token_agg = "max"
-disentangle = "per-instance"
-lambda = 1.0
-alpha = true
+{settings}
 
 [search]
 lo = 0

@@ -49,6 +49,7 @@ fn report_renders_with_verdict_and_plots_and_no_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::fixtures().join("tiny").join("llama");
     let cfg = tmp.path().join("config.toml");
+    let settings = common::ATTRIBUTION_SETTINGS_TOML;
     std::fs::write(
         &cfg,
         format!(
@@ -63,13 +64,7 @@ samples = 8
 seeds = [2026]
 instructions = 2
 
-[attribution.settings]
-universe = "linear"
-objective = "prob"
-token_agg = "max"
-disentangle = "per-instance"
-lambda = 1.0
-alpha = true
+{settings}
 
 [search]
 lo = 0

@@ -65,6 +65,7 @@ fn planted_massive_dimension_is_found_and_its_writers_flagged() {
 }
 
 fn write_config(dir: &Path, task: &str, retain: &str, extra: &str, preset: &str) -> PathBuf {
+    let settings = common::ATTRIBUTION_SETTINGS_TOML;
     let text = format!(
         r#"model = "{}"
 task = "{task}"
@@ -77,13 +78,7 @@ samples = 12
 seeds = [2026]
 instructions = 2
 
-[attribution.settings]
-universe = "linear"
-objective = "prob"
-token_agg = "max"
-disentangle = "per-instance"
-lambda = 1.0
-alpha = true
+{settings}
 
 [search]
 lo = 0

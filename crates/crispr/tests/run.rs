@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 fn config(dir: &Path) -> std::path::PathBuf {
     let model = common::fixtures().join("tiny").join("llama");
+    let settings = common::ATTRIBUTION_SETTINGS_TOML;
     let text = format!(
         r#"model = "{}"
 task = "bbq:Age"
@@ -22,13 +23,7 @@ samples = 24
 seeds = [2026]
 instructions = 4
 
-[attribution.settings]
-universe = "linear"
-objective = "prob"
-token_agg = "max"
-disentangle = "per-instance"
-lambda = 1.0
-alpha = true
+{settings}
 
 [search]
 lo = 0

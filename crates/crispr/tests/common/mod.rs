@@ -60,3 +60,14 @@ pub fn data_dir() -> PathBuf {
     }
     panic!("shared data not found: set CRISPR_DATA_DIR or place shared/ beside the repository clone");
 }
+
+/// The method's default attribution settings as a run configuration's `[attribution.settings]`
+/// table (the paper's: linear universe, ∂P, max over tokens, per-instance disentanglement, λ = 1, α).
+pub const ATTRIBUTION_SETTINGS_TOML: &str = r#"[attribution.settings]
+universe = "linear"
+objective = "prob"
+token_agg = "max"
+disentangle = "per-instance"
+lambda = 1.0
+alpha = true
+"#;
