@@ -27,6 +27,7 @@ pub mod report;
 pub mod resolve;
 pub mod retention;
 pub mod rng;
+pub mod run_config;
 pub mod rundir;
 pub mod score;
 pub mod selection;
@@ -36,5 +37,7 @@ pub mod tensor_bf16;
 pub mod text;
 pub mod verdict;
 pub mod weights;
+pub mod work;
+pub mod executor;
 
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@ mod info;
 mod prune;
 mod run;
 mod score;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,9 @@ enum Command {
     Generate(score::GenerateArgs),
     /// The whole job: attribute, choose n on dev, evaluate original / CRISPR / random on test, export, report.
     Run(run::RunArgs),
+    /// Compute units of a run's stage (started by `run --executor local|slurm`).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
     /// Attribute bias to neurons on a task (writes scores.safetensors and neurons.json).
     Attribute(attribute::AttributeArgs),
     /// Evaluate on a task under many instructions (writes metrics.json).
@@ -103,8 +107,7 @@ pub fn run() -> Result<()> {
     if cli.offline {
         crispr::datasets::set_offline(true);
     }
-    let threads =
-        cli.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = cli.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().context("starting the thread pool")?;
     match cli.command {
         Command::Info(a) => info::run(a),
@@ -113,6 +116,7 @@ pub fn run() -> Result<()> {
         Command::Prune(a) => prune::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Run(a) => run::run(a),
+        Command::Worker(a) => worker::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Data(a) => data::run(a),
     }

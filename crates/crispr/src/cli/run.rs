@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::common::{self, progress};
 use crispr::neurons::atomic_write;
-use crispr::pipeline::{run as run_pipeline, Progress, RunConfig};
+use crispr::pipeline::{run_with, Progress, RunConfig};
 use crispr::retention::RetentionConstraint;
 use crispr::rundir::Inputs;
 
@@ -53,6 +53,78 @@ pub struct RunArgs {
     /// Where named datasets live (default: $CRISPR_DATA_DIR, else the cache, fetched on first use).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// How the search visits n: `golden` (the paper's golden-section search) or `grid:K` (K values
+    /// evaluated at once, then K around the best: fills a cluster).
+    #[arg(long)]
+    search: Option<crispr::pipeline::SearchMethod>,
+    /// Print the units of work of each stage, their estimated cost and the wall time on 1, 8 and
+    /// 64 workers, then stop (nothing is computed or written).
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+/// Where the units of work run. The results are the same bytes whichever is chosen.
+#[derive(Args)]
+pub struct ExecArgs {
+    /// `local` (this machine: in this process, or `--jobs` worker processes) or `slurm` (one
+    /// Slurm job array per batch of units, on a run directory every node can reach).
+    #[arg(long, value_enum, default_value = "local")]
+    executor: ExecutorKind,
+    /// `--executor local`: worker processes (1: everything in this process).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Slurm partition of the arrays.
+    #[arg(long)]
+    partition: Option<String>,
+    /// At most this many array tasks running at once.
+    #[arg(long)]
+    max_parallel: Option<usize>,
+    /// Time limit per array task (`sbatch --time`, e.g. `2:00:00`).
+    #[arg(long)]
+    time: Option<String>,
+    /// Memory per array task (`sbatch --mem`, e.g. `8G`).
+    #[arg(long)]
+    mem: Option<String>,
+    /// CPUs per array task (each worker uses that many threads).
+    #[arg(long, default_value_t = 1)]
+    cpus_per_task: usize,
+    /// Passed to sbatch as it is (repeatable), e.g. `--sbatch-arg=--account=lab`.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    sbatch_args: Vec<String>,
+    /// Re-runs of a failed unit before the run stops.
+    #[arg(long, default_value_t = 2)]
+    retries: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExecutorKind {
+    Local,
+    Slurm,
+}
+
+impl ExecArgs {
+    fn executor(&self) -> Result<Box<dyn crispr::executor::Executor>> {
+        use crispr::executor::{InProcess, Local, Slurm, SlurmOptions};
+        if self.jobs == 0 {
+            anyhow::bail!("--jobs must be at least 1");
+        }
+        Ok(match self.executor {
+            ExecutorKind::Local if self.jobs == 1 => Box::new(InProcess),
+            ExecutorKind::Local => Box::new(Local::new(self.jobs, self.retries)?),
+            ExecutorKind::Slurm => Box::new(Slurm::new(SlurmOptions {
+                partition: self.partition.clone(),
+                max_parallel: self.max_parallel,
+                time: self.time.clone(),
+                mem: self.mem.clone(),
+                cpus_per_task: self.cpus_per_task,
+                sbatch_args: self.sbatch_args.clone(),
+                retries: self.retries,
+                poll: std::time::Duration::from_secs(1),
+            })?),
+        })
+    }
 }
 
 struct Bars {
@@ -92,6 +164,9 @@ fn apply_selection_flags(mut cfg: RunConfig, args: &RunArgs) -> Result<RunConfig
     }
     if let Some(k) = args.protect_top {
         cfg.selection.protect_top = k;
+    }
+    if let Some(m) = args.search {
+        cfg.search.method = m;
     }
     cfg.selection.exclude_massive |= args.exclude_massive;
     cfg.selection.normalize |= args.normalize_scores;
@@ -164,7 +239,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         crispr::loader::load_checked(&path, crispr::precision::Precision::F32).context("loading the model")?;
     let started = std::time::Instant::now();
     let mut bars = Bars { bar: None };
-    let result = run_pipeline(&cfg, &mut loaded, &args.out, data_dir, &mut bars)?;
+    let mut executor = args.exec.executor()?;
+    crispr::executor::catch_interrupts();
+    let result = run_with(&cfg, &mut loaded, &args.out, data_dir, &mut bars, executor.as_mut())?;
     if let Some(b) = bars.bar.take() {
         b.finish_and_clear();
     }
