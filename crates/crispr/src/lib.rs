@@ -13,6 +13,7 @@ pub mod datasets;
 pub mod diagnostics;
 pub mod error;
 pub mod evaluate;
+pub mod executor;
 pub mod export;
 pub mod gguf;
 pub mod loader;
@@ -38,6 +39,5 @@ pub mod text;
 pub mod verdict;
 pub mod weights;
 pub mod work;
-pub mod executor;
 
 pub use error::{Error, Result};

@@ -180,7 +180,10 @@ pub fn run_with(
         Err(_) => atomic_write(&cfg_path, cfg_text.as_bytes())?,
     }
     // What worker processes need to load the same model and data.
-    let setup = WorkerSetup { model: std::path::absolute(loaded.format.path()).map_err(|e| Error::io(loaded.format.path(), e))?, data_dir: std::path::absolute(&data_dir).map_err(|e| Error::io(&data_dir, e))? };
+    let setup = WorkerSetup {
+        model: std::path::absolute(loaded.format.path()).map_err(|e| Error::io(loaded.format.path(), e))?,
+        data_dir: std::path::absolute(&data_dir).map_err(|e| Error::io(&data_dir, e))?,
+    };
     write_json(&dir.join(WORKER_SETUP), &json!(setup))?;
     let mut env = Env { dir, cfg, data_dir, progress, executor };
     let mut seconds = Timings::load(&env.dir.join("timings.json"));
@@ -500,10 +503,8 @@ impl Searcher {
                 let neurons = &ranked[..n];
                 let target = self.target.units(env, n, neurons);
                 let retained: Vec<Vec<Unit>> = self.retained.iter().map(|t| t.units(env, n, neurons)).collect();
-                let kl = self.constraint.as_ref().and_then(|c| c.max_kl.map(|_| c.kl_prompts)).map(|prompts| Unit::Kl {
-                    prompts,
-                    neurons: neuron_pairs(neurons),
-                    out: format!("search/n{n}/kl.json"),
+                let kl = self.constraint.as_ref().and_then(|c| c.max_kl.map(|_| c.kl_prompts)).map(|prompts| {
+                    Unit::Kl { prompts, neurons: neuron_pairs(neurons), out: format!("search/n{n}/kl.json") }
                 });
                 all.extend(target.iter().cloned());
                 all.extend(retained.iter().flatten().cloned());
@@ -684,8 +685,11 @@ fn test_stage(
         let task = data::load_task(&name, &env.data_dir)?;
         let set = first_k(&data::default_instructions(&task, &env.data_dir)?, k);
         let indices = {
-            let mut v =
-                subset(split_indices(&task, Split::Test, env.cfg.split_seed, data::split::DEV_FRACTION), limit, cfg.seed);
+            let mut v = subset(
+                split_indices(&task, Split::Test, env.cfg.split_seed, data::split::DEV_FRACTION),
+                limit,
+                cfg.seed,
+            );
             v.sort_unstable();
             v
         };

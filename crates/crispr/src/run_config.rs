@@ -289,7 +289,7 @@ impl RunConfig {
             return Err("search.final_width must be at least 1".into());
         }
         let batch = crate::attribution::COMPAT_BATCH;
-        if a.settings.is_compat() && self.chunks.attribution % batch != 0 {
+        if a.settings.is_compat() && !self.chunks.attribution.is_multiple_of(batch) {
             return Err(format!(
                 "chunks.attribution = {} must be a multiple of {batch} under compat (the re-release's batches)",
                 self.chunks.attribution
@@ -298,4 +298,3 @@ impl RunConfig {
         Ok(())
     }
 }
-

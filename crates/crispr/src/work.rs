@@ -22,9 +22,9 @@ use crate::loader::LoadedModel;
 use crate::metrics::Outcome;
 use crate::model::{SiteInfo, Universe};
 use crate::neurons::atomic_write;
-use crate::run_config::RunConfig;
 use crate::prune::{prune, Neuron};
 use crate::retention::{mean_kl, neutral_distributions};
+use crate::run_config::RunConfig;
 use crate::score::encode;
 
 /// Progress reporting, implemented by the command line (bars with ETA).
@@ -161,7 +161,8 @@ impl<'a> Workspace<'a> {
                 if let Some(&i) = indices.iter().find(|&&i| i >= task.examples.len()) {
                     return Err(Error::msg(format!("{name} has no example {i}")));
                 }
-                let one = InstructionSet { name: set.name.clone(), items: vec![instruction_at(set, *instruction)?.clone()] };
+                let one =
+                    InstructionSet { name: set.name.clone(), items: vec![instruction_at(set, *instruction)?.clone()] };
                 let pruned = prune(self.loaded.model.as_mut(), &neurons);
                 let result = evaluate(self.loaded, task, &one, indices, &EvalOptions::default(), &mut *tick);
                 pruned.restore(self.loaded.model.as_mut());
@@ -251,8 +252,11 @@ pub fn read_f64_scores(path: &Path, sites: &[SiteInfo], universe: Universe) -> R
         if v.shape() != [s.width] || v.dtype() != safetensors::Dtype::F64 {
             return Err(Error::format(path, format!("{}: shape or type does not match the model", s.name)));
         }
-        scores.per_site[i] =
-            v.data().chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+        scores.per_site[i] = v
+            .data()
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
     }
     Ok(scores)
 }
@@ -297,7 +301,13 @@ mod tests {
     fn units_round_trip_through_json() {
         let u = vec![
             Unit::Attribute { instruction: 2, indices: vec![1, 5], out: "a".into() },
-            Unit::Evaluate { task: "bbq:Age".into(), instruction: 0, indices: vec![3], neurons: vec![(1, 2)], out: "b".into() },
+            Unit::Evaluate {
+                task: "bbq:Age".into(),
+                instruction: 0,
+                indices: vec![3],
+                neurons: vec![(1, 2)],
+                out: "b".into(),
+            },
             Unit::Kl { prompts: 4, neurons: vec![], out: "c".into() },
         ];
         let text = serde_json::to_string(&u).unwrap();

@@ -107,7 +107,8 @@ pub fn run() -> Result<()> {
     if cli.offline {
         crispr::datasets::set_offline(true);
     }
-    let threads = cli.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads =
+        cli.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global().context("starting the thread pool")?;
     match cli.command {
         Command::Info(a) => info::run(a),

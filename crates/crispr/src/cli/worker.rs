@@ -27,11 +27,8 @@ pub struct WorkerArgs {
 
 pub fn run(args: WorkerArgs) -> Result<()> {
     let units = read_units(&args.units)?;
-    let mine: Vec<usize> = if args.stride == 0 {
-        vec![args.index]
-    } else {
-        (args.index..units.len()).step_by(args.stride).collect()
-    };
+    let mine: Vec<usize> =
+        if args.stride == 0 { vec![args.index] } else { (args.index..units.len()).step_by(args.stride).collect() };
     if let Some(&i) = mine.iter().find(|&&i| i >= units.len()) {
         anyhow::bail!("{}: unit {i} does not exist (the list has {})", args.units.display(), units.len());
     }
@@ -41,8 +38,9 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     )
     .with_context(|| format!("{}: not a worker setup", setup_path.display()))?;
     let cfg_path = args.run_dir.join("config.toml");
-    let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("{}", cfg_path.display()))?)
-        .map_err(|e| anyhow::anyhow!("{}: invalid run configuration: {e}", cfg_path.display()))?;
+    let cfg: RunConfig =
+        toml::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("{}", cfg_path.display()))?)
+            .map_err(|e| anyhow::anyhow!("{}: invalid run configuration: {e}", cfg_path.display()))?;
     // Nothing to do (a retry of units that finished after all) → no model load.
     if mine.iter().all(|&i| units[i].is_done(&args.run_dir)) {
         return Ok(());

@@ -84,7 +84,10 @@ impl Slurm {
         cmd.args(&self.opts.sbatch_args).arg(&script);
         let out = cmd.output().map_err(|e| Error::msg(format!("sbatch: {e}")))?;
         if !out.status.success() {
-            return Err(Error::msg(format!("sbatch refused the {stage} array: {}", String::from_utf8_lossy(&out.stderr).trim())));
+            return Err(Error::msg(format!(
+                "sbatch refused the {stage} array: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
         // `--parsable` prints `jobid` or `jobid;cluster`.
         let text = String::from_utf8_lossy(&out.stdout);

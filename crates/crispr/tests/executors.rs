@@ -1,0 +1,227 @@
+//! One run, three executors, the same bytes: `crispr run` in one process, with `--executor local
+//! --jobs 2` (worker processes), and with `--executor slurm` on a real single-node Slurm cluster
+//! (started by `.ci/run` with `scripts/slurm-local.sh`; `SLURM_CONF` points at it). Then a Slurm
+//! run whose array task is cancelled mid-stage: the driver re-submits it and the result is the
+//! same again.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The cluster the tests submit to; they fail (never skip) without one.
+fn slurm_conf() -> String {
+    let conf = std::env::var("SLURM_CONF").unwrap_or_default();
+    assert!(
+        !conf.is_empty() && Path::new(&conf).is_file(),
+        "these tests need a Slurm cluster: run `scripts/slurm-local.sh start DIR` and export the SLURM_CONF it \
+         prints (.ci/run does both)"
+    );
+    let ok = Command::new("sinfo").arg("-h").env("SLURM_CONF", &conf).output().map(|o| o.status.success());
+    assert_eq!(ok.ok(), Some(true), "sinfo fails with SLURM_CONF={conf}: is the cluster up?");
+    conf
+}
+
+/// A small run; `search_hi` bounds the search (from n = 3), `limit` the target's test instances.
+fn config(
+    dir: &Path,
+    model: &Path,
+    attribution: &str,
+    search_hi: usize,
+    limit: usize,
+    chunks: (usize, usize),
+) -> PathBuf {
+    let settings = common::ATTRIBUTION_SETTINGS_TOML;
+    let text = format!(
+        r#"model = "{}"
+task = "bbq:Age"
+retain = ["rte"]
+preset = "test"
+split_seed = 0
+
+[attribution]
+{attribution}
+
+{settings}
+
+[search]
+lo = 3
+hi = {search_hi}
+final_width = 3
+dev_limit = 6
+instructions = 2
+seed = 0
+
+[test]
+limit = {limit}
+instructions = 2
+retain_limit = 4
+retain_instructions = 2
+random_seeds = [1, 2]
+seed = 0
+
+[chunks]
+attribution = {}
+eval = {}
+"#,
+        model.display(),
+        chunks.0,
+        chunks.1
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn crispr_run(cfg: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(common::crispr_bin());
+    cmd.args(["run", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .env("CRISPR_DATA_DIR", common::data_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn succeed(o: Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+/// Every file of a folder (recursively), relative path → bytes.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    if dir.is_file() {
+        return vec![(PathBuf::new(), std::fs::read(dir).unwrap())];
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The result files that must be byte-identical whatever computed them.
+fn assert_same_results(a: &Path, b: &Path) {
+    for f in ["metrics.json", "attribution/scores.safetensors", "attribution/neurons.json", "search.json"] {
+        let read = |d: &Path| std::fs::read(d.join(f)).unwrap_or_else(|e| panic!("{}: {e}", d.join(f).display()));
+        let (x, y) = (read(a), read(b));
+        assert!(x == y, "{f} differs between {} and {}", a.display(), b.display());
+    }
+    // `model-pruned` (a checkpoint folder) or `model-pruned.gguf`.
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("metrics.json")).unwrap()).unwrap();
+    let name = m["pruned_model"].as_str().unwrap();
+    let (x, y) = (tree(&a.join(name)), tree(&b.join(name)));
+    assert!(!x.is_empty() && x == y, "the pruned models differ");
+}
+
+fn batches(dir: &Path, stage: &str) -> usize {
+    std::fs::read_dir(dir.join("jobs"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(stage))
+        .count()
+}
+
+#[test]
+fn one_process_worker_processes_and_slurm_arrays_give_the_same_bytes() {
+    let conf = slurm_conf();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("tiny").join("llama");
+    // 24 instances × 4 instructions in chunks of 8: 12 attribution units; evaluation in chunks of
+    // 3: 2 units per instruction and configuration.
+    let cfg = config(tmp.path(), &model, "samples = 24\nseeds = [2026]\ninstructions = 4", 12, 6, (8, 3));
+    let one = tmp.path().join("one");
+    succeed(crispr_run(&cfg, &one, &[]).output().unwrap());
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(one.join("metrics.json")).unwrap()).unwrap();
+    assert!(m["n_selected"].as_u64().unwrap() >= 3, "search.lo = 3: something is pruned");
+
+    let local = tmp.path().join("local");
+    succeed(crispr_run(&cfg, &local, &["--executor", "local", "--jobs", "2"]).output().unwrap());
+    assert_same_results(&one, &local);
+    // The workers did the work: each batch folder holds two worker logs.
+    let logs = std::fs::read_dir(local.join("jobs").join("attribution-001")).unwrap().count();
+    assert_eq!(logs, 3, "units.json and two worker logs");
+
+    let slurm = tmp.path().join("slurm");
+    let err = succeed(
+        crispr_run(&cfg, &slurm, &["--executor", "slurm", "--max-parallel", "4"])
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("attribution: Slurm job") && err.contains("12 array task(s)"), "{err}");
+    assert!(err.contains("test: Slurm job"), "{err}");
+    assert_same_results(&one, &slurm);
+    // Each array task wrote its own log in the batch folder.
+    let attribution_logs = std::fs::read_dir(slurm.join("jobs").join("attribution-001"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("task-"))
+        .count();
+    assert_eq!(attribution_logs, 12);
+    assert_eq!(batches(&slurm, "attribution"), 1, "no unit needed a retry");
+}
+
+/// Array tasks of the current batch as (task id, state), e.g. ("57_3", "RUNNING").
+fn queue(conf: &str) -> Vec<(String, String)> {
+    let o = Command::new("squeue")
+        .args(["--noheader", "--array", "--name=crispr-attribution", "--format=%i %T"])
+        .env("SLURM_CONF", conf)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.trim().to_string(), b.trim().to_string())))
+        .collect()
+}
+
+#[test]
+fn a_cancelled_array_task_is_resubmitted_and_the_run_ends_with_the_same_result() {
+    let conf = slurm_conf();
+    let tmp = tempfile::tempdir().unwrap();
+    // The real default model, so that an attribution unit runs for seconds and can be cancelled
+    // while it runs.
+    let model = crispr::resolve::default_model().expect("the default model can be fetched");
+    // Attribution: 8 instances × 3 instructions in chunks of 4 (6 units); the rest kept small.
+    let cfg = config(tmp.path(), &model, "samples = 8\nseeds = [2026]\ninstructions = 3", 3, 4, (4, 0));
+    let one = tmp.path().join("one");
+    succeed(crispr_run(&cfg, &one, &[]).output().unwrap());
+
+    let slurm = tmp.path().join("slurm");
+    let child = crispr_run(&cfg, &slurm, &["--executor", "slurm", "--max-parallel", "2"])
+        .env("SLURM_CONF", &conf)
+        .spawn()
+        .unwrap();
+    // Cancel the first attribution array task seen running.
+    let start = Instant::now();
+    let cancelled = loop {
+        assert!(start.elapsed() < Duration::from_secs(300), "no attribution array task ever ran");
+        if let Some((id, _)) = queue(&conf).into_iter().find(|(_, state)| state == "RUNNING") {
+            let ok = Command::new("scancel").arg(&id).env("SLURM_CONF", &conf).status().unwrap();
+            assert!(ok.success());
+            break id;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = succeed(child.wait_with_output().unwrap());
+    assert!(err.contains("did not finish; re-submitting"), "task {cancelled} was cancelled, yet:\n{err}");
+    assert_eq!(batches(&slurm, "attribution"), 2, "one retry batch");
+    // The retry batch holds exactly the cancelled unit.
+    let retry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(slurm.join("jobs").join("attribution-002").join("units.json")).unwrap())
+            .unwrap();
+    assert_eq!(retry.as_array().unwrap().len(), 1, "{retry}");
+    assert_same_results(&one, &slurm);
+}
