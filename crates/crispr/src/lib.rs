@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod neurons;
 pub mod pipeline;
+pub mod plan;
 pub mod precision;
 pub mod prune;
 pub mod report;

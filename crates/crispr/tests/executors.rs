@@ -225,3 +225,39 @@ fn a_cancelled_array_task_is_resubmitted_and_the_run_ends_with_the_same_result()
     assert_eq!(retry.as_array().unwrap().len(), 1, "{retry}");
     assert_same_results(&one, &slurm);
 }
+
+#[test]
+fn interrupting_the_driver_cancels_its_array_and_the_same_command_resumes() {
+    let conf = slurm_conf();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("tiny").join("llama");
+    let cfg = config(tmp.path(), &model, "samples = 24\nseeds = [2026]\ninstructions = 4", 6, 4, (4, 0));
+    let one = tmp.path().join("one");
+    succeed(crispr_run(&cfg, &one, &[]).output().unwrap());
+
+    // Two array tasks at a time, so the array is still queued when the driver is stopped.
+    let slurm = tmp.path().join("slurm");
+    let args = ["--executor", "slurm", "--max-parallel", "2"];
+    let child = crispr_run(&cfg, &slurm, &args).env("SLURM_CONF", &conf).spawn().unwrap();
+    let start = Instant::now();
+    while queue(&conf).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the attribution array never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("interrupted: cancelled Slurm job"), "{err}");
+    let start = Instant::now();
+    while !queue(&conf).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the array outlived its driver: {:?}", queue(&conf));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!slurm.join("metrics.json").exists());
+
+    // The same command again finishes the run, skipping what is done, with the same result.
+    let err = succeed(crispr_run(&cfg, &slurm, &args).env("SLURM_CONF", &conf).output().unwrap());
+    assert!(err.contains("resuming"), "{err}");
+    assert_same_results(&one, &slurm);
+}

@@ -39,6 +39,9 @@ enum Command {
     Generate(score::GenerateArgs),
     /// The whole job: attribute, choose n on dev, evaluate original / CRISPR / random on test, export, report.
     Run(run::RunArgs),
+    /// What `run` would compute with the same arguments: units per stage, their cost timed on
+    /// this model, CPU hours and wall time on 1, 8 and 64 workers (= `run --dry-run`).
+    Plan(run::RunArgs),
     /// Compute units of a run's stage (started by `run --executor local|slurm`).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -117,6 +120,7 @@ pub fn run() -> Result<()> {
         Command::Prune(a) => prune::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Run(a) => run::run(a),
+        Command::Plan(a) => run::run(a.dry()),
         Command::Worker(a) => worker::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Data(a) => data::run(a),

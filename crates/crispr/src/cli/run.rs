@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// evaluated at once, then K around the best: fills a cluster).
     #[arg(long)]
     search: Option<crispr::pipeline::SearchMethod>,
+    /// Evaluation units hold at most this many instances (default: a whole split per
+    /// instruction). Part of the run's configuration: see "Running on a cluster" in the README.
+    #[arg(long)]
+    eval_chunk: Option<usize>,
+    /// Attribution units hold at most this many instances (default: the whole sample).
+    #[arg(long)]
+    attribution_chunk: Option<usize>,
     /// Print the units of work of each stage, their estimated cost and the wall time on 1, 8 and
     /// 64 workers, then stop (nothing is computed or written).
     #[arg(long)]
@@ -168,6 +175,12 @@ fn apply_selection_flags(mut cfg: RunConfig, args: &RunArgs) -> Result<RunConfig
     if let Some(m) = args.search {
         cfg.search.method = m;
     }
+    if let Some(c) = args.eval_chunk {
+        cfg.chunks.eval = c;
+    }
+    if let Some(c) = args.attribution_chunk {
+        cfg.chunks.attribution = c;
+    }
     cfg.selection.exclude_massive |= args.exclude_massive;
     cfg.selection.normalize |= args.normalize_scores;
     for (name, v) in [("--max-drop", args.max_drop), ("--max-kl", args.max_kl)] {
@@ -193,6 +206,14 @@ fn apply_selection_flags(mut cfg: RunConfig, args: &RunArgs) -> Result<RunConfig
         }
     }
     Ok(cfg)
+}
+
+impl RunArgs {
+    /// The same arguments as a dry run (`crispr plan`).
+    pub fn dry(mut self) -> RunArgs {
+        self.dry_run = true;
+        self
+    }
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -223,8 +244,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         std::iter::once(&cfg.task).chain(&cfg.retain).chain(&cfg.selection.protect).map(String::as_str).collect();
     let data_dir = crispr::datasets::data_dir_for(args.data_dir.as_deref(), &specs)?;
     // Before any computation: --out must be a new, empty or crispr run directory, writable and
-    // not in use by another crispr process (the lock is held until this function returns).
-    let _lock = crispr::rundir::open(&args.out)?;
+    // not in use by another crispr process (the lock is held until this function returns). A dry
+    // run writes nothing.
+    let _lock = if args.dry_run { None } else { Some(crispr::rundir::open(&args.out)?) };
     // Fail on a bad task name before loading the model.
     let mut tasks = std::collections::BTreeMap::new();
     for t in std::iter::once(&cfg.task).chain(&cfg.retain).chain(&cfg.selection.protect) {
@@ -233,6 +255,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let model_arg = (cfg.model != "default").then_some(cfg.model.as_str());
     let path = super::resolve_model(model_arg)?;
+
+    if args.dry_run {
+        return plan(&cfg, &path, &data_dir);
+    }
     // A resumed run must see the inputs its cached results were computed from.
     crispr::rundir::check_inputs(&args.out, &Inputs { model: common::model_checksum(&path), tasks })?;
     let mut loaded =
@@ -266,6 +292,26 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     eprintln!("crispr: done in {:.0} s", started.elapsed().as_secs_f64());
     println!("report: {}", args.out.join("report.html").display());
+    Ok(())
+}
+
+/// `--dry-run`: the plan of the run, with per-step costs timed on its model.
+fn plan(cfg: &RunConfig, model: &Path, data_dir: &Path) -> Result<()> {
+    let t = std::time::Instant::now();
+    let loaded = crispr::loader::load_checked(model, crispr::precision::Precision::F32).context("loading the model")?;
+    let startup = t.elapsed().as_secs_f64();
+    eprintln!("crispr: timing a few steps of {} on this machine…", crispr::pipeline::display_model_name(&cfg.model));
+    let (sizes, costs) = crispr::plan::measure(cfg, &loaded, data_dir, startup)?;
+    let stages = crispr::plan::plan(cfg, &sizes, &costs);
+    println!(
+        "plan: {} on {} (retained: {}), preset {}, search {}",
+        crispr::pipeline::display_model_name(&cfg.model),
+        cfg.task,
+        cfg.retain.join(", "),
+        cfg.preset,
+        cfg.search.method
+    );
+    print!("{}", crispr::plan::render(&stages, &costs, &[1, 8, 64]));
     Ok(())
 }
 
