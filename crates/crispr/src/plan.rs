@@ -94,7 +94,7 @@ fn chunked(n: usize, chunk: usize) -> Vec<usize> {
         return vec![n];
     }
     let mut v = vec![chunk; n / chunk];
-    if n % chunk > 0 {
+    if !n.is_multiple_of(chunk) {
         v.push(n % chunk);
     }
     v
