@@ -261,3 +261,30 @@ fn interrupting_the_driver_cancels_its_array_and_the_same_command_resumes() {
     assert!(err.contains("resuming"), "{err}");
     assert_same_results(&one, &slurm);
 }
+
+#[test]
+fn grid_search_evaluates_k_values_per_round_in_one_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("tiny").join("llama");
+    let cfg = config(tmp.path(), &model, "samples = 8\nseeds = [2026]\ninstructions = 2", 12, 4, (0, 0));
+    let out = tmp.path().join("grid");
+    succeed(crispr_run(&cfg, &out, &["--search", "grid:4", "--jobs", "2"]).output().unwrap());
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(saved.contains("method = \"grid:4\""), "{saved}");
+    // n = 3 (search.lo) first, then the grid 3, 6, 9, 12 in one batch of worker processes.
+    assert!(out.join("jobs").join("search_n_6_9_12-001").is_dir());
+    let points: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("search.json")).unwrap()).unwrap();
+    let ns: Vec<u64> = points.iter().map(|p| p["n"].as_u64().unwrap()).collect();
+    for n in [3, 6, 9, 12] {
+        assert!(ns.contains(&n), "{ns:?}");
+    }
+    // A bad method is refused before anything runs.
+    let o = crispr_run(&cfg, &tmp.path().join("bad"), &["--search", "grid:1"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("grid:1 needs at least 3"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
