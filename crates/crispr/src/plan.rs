@@ -356,7 +356,9 @@ mod tests {
 
     #[test]
     fn makespan_is_longest_processing_time_first() {
-        assert_eq!(makespan(&[3.0, 3.0, 2.0, 2.0, 2.0], 2, 0.0), 6.0);
+        // LPT: 3 | 3, then 2 → 5 | 5, then 2 → 7 (the optimum, 3+3 | 2+2+2 = 6, is within LPT's 4/3 bound).
+        assert_eq!(makespan(&[3.0, 3.0, 2.0, 2.0, 2.0], 2, 0.0), 7.0);
+        assert_eq!(makespan(&[4.0, 3.0, 2.0, 1.0], 2, 0.0), 5.0);
         assert_eq!(makespan(&[5.0, 1.0, 1.0], 8, 1.0), 6.0);
         assert_eq!(makespan(&[1.0; 10], 1, 0.0), 10.0);
         assert_eq!(makespan(&[], 4, 0.0), 0.0);

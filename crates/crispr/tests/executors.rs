@@ -288,3 +288,50 @@ fn grid_search_evaluates_k_values_per_round_in_one_batch() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `scores.safetensors` of a run as one vector.
+fn scores(dir: &Path) -> Vec<f32> {
+    let mut all: Vec<(String, Vec<f32>)> =
+        common::read_safetensors(&dir.join("attribution").join("scores.safetensors"))
+            .into_iter()
+            .map(|(k, (_, v))| (k, v))
+            .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.into_iter().flat_map(|(_, v)| v).collect()
+}
+
+#[test]
+fn attribution_cut_into_chunks_equals_the_uncut_sum_up_to_rounding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("tiny").join("llama");
+    let attribution = "samples = 24\nseeds = [2026]\ninstructions = 2";
+    for (name, compat) in [("default", ""), ("compat", "compat = \"biasneuron\"\n")] {
+        let mut runs = Vec::new();
+        for chunk in [0, 8] {
+            let dir = tmp.path().join(format!("{name}-{chunk}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let cfg = config(&dir, &model, attribution, 3, 2, (chunk, 0));
+            let text =
+                std::fs::read_to_string(&cfg).unwrap().replace("lambda = 1.0\n", &format!("lambda = 1.0\n{compat}"));
+            std::fs::write(&cfg, text).unwrap();
+            succeed(crispr_run(&cfg, &dir.join("run"), &[]).output().unwrap());
+            runs.push(scores(&dir.join("run")));
+        }
+        let scale = runs[0].iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0);
+        let worst = runs[0].iter().zip(&runs[1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-6 * scale, "{name}: chunks of 8 differ from one sum by {worst} (scale {scale})");
+    }
+    // Under compat, chunks that would split the re-release's batches of 4 are refused.
+    let cfg = config(tmp.path(), &model, attribution, 3, 2, (6, 0));
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace("lambda = 1.0\n", "lambda = 1.0\ncompat = \"biasneuron\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let o = crispr_run(&cfg, &tmp.path().join("bad"), &[]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("must be a multiple of 4"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
