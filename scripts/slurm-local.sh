@@ -57,7 +57,7 @@ munged --force --key-file="$dir/munge/munge.key" --socket="$sock" \
 
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=crispr-test
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=$user
 SlurmdUser=$user
 AuthType=auth/munge
@@ -86,7 +86,7 @@ MaxArraySize=100000
 MinJobAge=30
 KillWait=5
 InactiveLimit=0
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 export SLURM_CONF="$dir/slurm.conf"
