@@ -335,3 +335,41 @@ fn attribution_cut_into_chunks_equals_the_uncut_sum_up_to_rounding() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_unit_failing_every_attempt_stops_the_run_naming_it_and_its_log() {
+    let conf = slurm_conf();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("tiny").join("llama");
+    let cfg = config(tmp.path(), &model, "samples = 8\nseeds = [2026]\ninstructions = 2", 3, 2, (0, 0));
+    let out = tmp.path().join("run");
+    // Every array task is given a standard input that does not exist, so none ever starts.
+    let o =
+        crispr_run(&cfg, &out, &["--executor", "slurm", "--retries", "1", "--sbatch-arg=--input=/nonexistent/crispr"])
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("re-submitting"), "{err}");
+    let line = err.lines().find(|l| l.contains("failed 2 time(s)")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("attribution/partial/seed2026-instruction") && line.contains("log: "), "{line}");
+    let log = line.split("log: ").nth(1).unwrap().split(';').next().unwrap();
+    assert!(log.contains("jobs/attribution-002/task-"), "{log}");
+    assert!(line.contains("the task did not start"), "{line}");
+    assert!(!out.join("metrics.json").exists());
+}
+
+#[test]
+fn slurm_without_sbatch_is_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("tiny").join("llama");
+    let cfg = config(tmp.path(), &model, "samples = 8\nseeds = [2026]\ninstructions = 2", 3, 2, (0, 0));
+    let o = crispr_run(&cfg, &tmp.path().join("run"), &["--executor", "slurm"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("cannot run sbatch"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -109,11 +109,12 @@ impl<'a> DoneWatcher<'a> {
 
 /// The error for a unit that failed every attempt.
 fn failed(unit: &Unit, attempts: usize, log: &Path) -> Error {
-    let tail = std::fs::read_to_string(log)
-        .ok()
-        .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string))
-        .map(|l| format!("; its last line: {l}"))
-        .unwrap_or_default();
+    let tail = match std::fs::read_to_string(log) {
+        Ok(t) => {
+            t.lines().rev().find(|l| !l.trim().is_empty()).map(|l| format!("; its last line: {l}")).unwrap_or_default()
+        }
+        Err(_) => "; the log was never written: the task did not start (see the scheduler's logs)".to_string(),
+    };
     Error::msg(format!(
         "unit {} ({}) failed {attempts} time(s); log: {}{tail}",
         unit.out(),
