@@ -40,7 +40,7 @@ enum Command {
     /// The whole job: attribute, choose n on dev, evaluate original / CRISPR / random on test, export, report.
     Run(run::RunArgs),
     /// What `run` would compute with the same arguments: units per stage, their cost timed on
-    /// this model, CPU hours and wall time on 1, 8 and 64 workers (= `run --dry-run`).
+    /// this model, worker-hours and wall time on `--workers 1,8,64` (= `run --dry-run`).
     Plan(run::RunArgs),
     /// Compute units of a run's stage (started by `run --executor local|slurm`).
     #[command(hide = true)]

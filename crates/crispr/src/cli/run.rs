@@ -68,6 +68,9 @@ pub struct RunArgs {
     /// 64 workers, then stop (nothing is computed or written).
     #[arg(long)]
     dry_run: bool,
+    /// `--dry-run` / `crispr plan`: the worker counts to estimate wall times for.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    workers: Vec<usize>,
     #[command(flatten)]
     exec: ExecArgs,
 }
@@ -257,7 +260,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let path = super::resolve_model(model_arg)?;
 
     if args.dry_run {
-        return plan(&cfg, &path, &data_dir);
+        return plan(&cfg, &path, &data_dir, &args.workers);
     }
     // A resumed run must see the inputs its cached results were computed from.
     crispr::rundir::check_inputs(&args.out, &Inputs { model: common::model_checksum(&path), tasks })?;
@@ -296,7 +299,10 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 /// `--dry-run`: the plan of the run, with per-step costs timed on its model.
-fn plan(cfg: &RunConfig, model: &Path, data_dir: &Path) -> Result<()> {
+fn plan(cfg: &RunConfig, model: &Path, data_dir: &Path, workers: &[usize]) -> Result<()> {
+    if workers.is_empty() || workers.contains(&0) {
+        anyhow::bail!("--workers takes positive worker counts, e.g. 1,8,64");
+    }
     let t = std::time::Instant::now();
     let loaded = crispr::loader::load_checked(model, crispr::precision::Precision::F32).context("loading the model")?;
     let startup = t.elapsed().as_secs_f64();
@@ -311,7 +317,7 @@ fn plan(cfg: &RunConfig, model: &Path, data_dir: &Path) -> Result<()> {
         cfg.preset,
         cfg.search.method
     );
-    print!("{}", crispr::plan::render(&stages, &costs, &[1, 8, 64]));
+    print!("{}", crispr::plan::render(&stages, &costs, workers));
     Ok(())
 }
 
