@@ -174,10 +174,11 @@ fn one_process_worker_processes_and_slurm_arrays_give_the_same_bytes() {
     assert_eq!(batches(&slurm, "attribution"), 1, "no unit needed a retry");
 }
 
-/// Array tasks of the current batch as (task id, state), e.g. ("57_3", "RUNNING").
-fn queue(conf: &str) -> Vec<(String, String)> {
+/// Attribution array tasks of the run in `run_dir` as (task id, state), e.g. ("57_3", "RUNNING").
+fn queue(conf: &str, run_dir: &Path) -> Vec<(String, String)> {
+    let name = crispr::executor::job_name("attribution", run_dir);
     let o = Command::new("squeue")
-        .args(["--noheader", "--array", "--name=crispr-attribution", "--format=%i %T"])
+        .args(["--noheader", "--array", &format!("--name={name}"), "--format=%i %T"])
         .env("SLURM_CONF", conf)
         .output()
         .unwrap();
@@ -199,7 +200,7 @@ fn a_cancelled_array_task_is_resubmitted_and_the_run_ends_with_the_same_result()
     let one = tmp.path().join("one");
     succeed(crispr_run(&cfg, &one, &[]).output().unwrap());
 
-    let slurm = tmp.path().join("slurm");
+    let slurm = tmp.path().join("slurm-cancel");
     let child = crispr_run(&cfg, &slurm, &["--executor", "slurm", "--max-parallel", "2"])
         .env("SLURM_CONF", &conf)
         .spawn()
@@ -208,7 +209,7 @@ fn a_cancelled_array_task_is_resubmitted_and_the_run_ends_with_the_same_result()
     let start = Instant::now();
     let cancelled = loop {
         assert!(start.elapsed() < Duration::from_secs(300), "no attribution array task ever ran");
-        if let Some((id, _)) = queue(&conf).into_iter().find(|(_, state)| state == "RUNNING") {
+        if let Some((id, _)) = queue(&conf, &slurm).into_iter().find(|(_, state)| state == "RUNNING") {
             let ok = Command::new("scancel").arg(&id).env("SLURM_CONF", &conf).status().unwrap();
             assert!(ok.success());
             break id;
@@ -236,11 +237,11 @@ fn interrupting_the_driver_cancels_its_array_and_the_same_command_resumes() {
     succeed(crispr_run(&cfg, &one, &[]).output().unwrap());
 
     // Two array tasks at a time, so the array is still queued when the driver is stopped.
-    let slurm = tmp.path().join("slurm");
+    let slurm = tmp.path().join("slurm-interrupt");
     let args = ["--executor", "slurm", "--max-parallel", "2"];
     let child = crispr_run(&cfg, &slurm, &args).env("SLURM_CONF", &conf).spawn().unwrap();
     let start = Instant::now();
-    while queue(&conf).is_empty() {
+    while queue(&conf, &slurm).is_empty() {
         assert!(start.elapsed() < Duration::from_secs(120), "the attribution array never appeared");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -250,8 +251,8 @@ fn interrupting_the_driver_cancels_its_array_and_the_same_command_resumes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("interrupted: cancelled Slurm job"), "{err}");
     let start = Instant::now();
-    while !queue(&conf).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the array outlived its driver: {:?}", queue(&conf));
+    while !queue(&conf, &slurm).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the array outlived its driver: {:?}", queue(&conf, &slurm));
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!slurm.join("metrics.json").exists());

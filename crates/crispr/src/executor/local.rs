@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{batch_dir, failed, interrupted, DoneWatcher, Executor};
+use super::{interrupted, run_batches, Batch, Executor, Launch, Launched, Monitor};
 use crate::error::{Error, Result};
-use crate::work::{write_units, Progress, Unit, Workspace};
+use crate::work::{Progress, Unit, Workspace};
 
 pub struct Local {
     /// The crispr binary the workers run.
@@ -30,45 +30,22 @@ impl Local {
 
 impl Executor for Local {
     fn run(&mut self, stage: &str, units: &[Unit], ws: &mut Workspace<'_>, progress: &mut dyn Progress) -> Result<()> {
-        // Workers start elsewhere (another folder, another node): give them absolute paths.
-        let dir = &std::path::absolute(ws.dir).map_err(|e| Error::io(ws.dir, e))?;
-        let mut watcher = DoneWatcher::new(units, dir, stage, progress);
-        // The log each missing unit was last attempted under.
-        let mut last_log: Vec<Option<PathBuf>> = vec![None; units.len()];
-        for attempt in 0..=self.retries {
-            let todo: Vec<usize> = (0..units.len()).filter(|&i| !units[i].is_done(dir)).collect();
-            if todo.is_empty() {
-                return Ok(());
-            }
-            let batch = batch_dir(dir, stage)?;
-            let list: Vec<Unit> = todo.iter().map(|&i| units[i].clone()).collect();
-            let units_file = batch.join("units.json");
-            write_units(&units_file, &list)?;
-            let workers = self.jobs.min(list.len());
-            let mut children = Vec::with_capacity(workers);
-            for w in 0..workers {
-                let log = batch.join(format!("worker-{w}.log"));
-                children.push(self.spawn(dir, &units_file, w, workers, &log)?);
-            }
-            for (j, &i) in todo.iter().enumerate() {
-                last_log[i] = Some(batch.join(format!("worker-{}.log", j % workers)));
-            }
-            wait_all(&mut children, || watcher.poll(dir, progress))?;
-            watcher.poll(dir, progress);
-            if attempt < self.retries {
-                let still = todo.iter().filter(|&&i| !units[i].is_done(dir)).count();
-                if still > 0 {
-                    progress.note(&format!("{stage}: {still} unit(s) failed; retrying"));
-                }
-            }
+        let retries = self.retries;
+        run_batches(self, retries, stage, units, ws, progress)
+    }
+}
+
+impl Launch for Local {
+    fn launch(&mut self, batch: &Batch<'_>, monitor: &mut Monitor<'_>) -> Result<Launched> {
+        // Worker w computes units w, w + workers, w + 2·workers, …
+        let workers = self.jobs.min(batch.count).max(1);
+        let log = |w: usize| batch.dir.join(format!("worker-{w}.log"));
+        let mut children = Vec::with_capacity(workers);
+        for w in 0..workers {
+            children.push(self.spawn(batch.run_dir, batch.units_file, w, workers, &log(w))?);
         }
-        match (0..units.len()).find(|&i| !units[i].is_done(dir)) {
-            None => Ok(()),
-            Some(i) => {
-                let log = last_log[i].clone().unwrap_or_default();
-                Err(failed(&units[i], self.retries + 1, &log))
-            }
-        }
+        wait_all(&mut children, || monitor.poll())?;
+        Ok(Launched { logs: (0..batch.count).map(|j| log(j % workers)).collect(), name: "the worker processes".into() })
     }
 }
 

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
-use crate::work::{Progress, Unit, Workspace, JOBS_DIR};
+use crate::work::{write_units, Progress, Unit, Workspace, JOBS_DIR};
 
 pub use local::Local;
-pub use slurm::{Slurm, SlurmOptions};
+pub use slurm::{job_name, Slurm, SlurmOptions};
 
 /// Computes units of work.
 pub trait Executor {
@@ -81,29 +81,95 @@ fn batch_dir(run_dir: &Path, stage: &str) -> Result<PathBuf> {
     unreachable!("an unbounded range always yields")
 }
 
-/// Ticks the progress bar as unit files appear (for executors whose units run elsewhere).
-struct DoneWatcher<'a> {
-    units: Vec<&'a Unit>,
-    counted: Vec<bool>,
+/// One batch of units handed to worker processes: unit `j` of `units_file`, for `j < count`.
+struct Batch<'a> {
+    stage: &'a str,
+    run_dir: &'a Path,
+    /// The batch's own folder (`jobs/<stage>-<k>`), for its scripts and logs.
+    dir: &'a Path,
+    units_file: &'a Path,
+    count: usize,
 }
 
-impl<'a> DoneWatcher<'a> {
-    fn new(units: &'a [Unit], dir: &Path, stage: &str, progress: &mut dyn Progress) -> Self {
-        let units: Vec<&Unit> = units.iter().filter(|u| !u.is_done(dir)).collect();
-        progress.stage(stage, units.iter().map(|u| u.work() as u64).sum());
-        let counted = vec![false; units.len()];
-        DoneWatcher { units, counted }
-    }
+/// How a process executor runs a batch: start its units, wait until every one has stopped
+/// (calling `monitor.poll()` meanwhile), and return each unit's log and a name for messages.
+trait Launch {
+    fn launch(&mut self, batch: &Batch<'_>, monitor: &mut Monitor<'_>) -> Result<Launched>;
+}
 
-    fn poll(&mut self, dir: &Path, progress: &mut dyn Progress) {
+struct Launched {
+    /// Per unit of the batch, its log file.
+    logs: Vec<PathBuf>,
+    /// E.g. `Slurm job 12`.
+    name: String,
+}
+
+/// Ticks the progress bar as unit files appear, and passes notes on.
+struct Monitor<'a> {
+    dir: &'a Path,
+    units: Vec<&'a Unit>,
+    counted: Vec<bool>,
+    progress: &'a mut dyn Progress,
+}
+
+impl Monitor<'_> {
+    fn poll(&mut self) {
         for (u, c) in self.units.iter().zip(self.counted.iter_mut()) {
-            if !*c && u.is_done(dir) {
+            if !*c && u.is_done(self.dir) {
                 *c = true;
                 for _ in 0..u.work() {
-                    progress.tick();
+                    self.progress.tick();
                 }
             }
         }
+    }
+
+    fn note(&mut self, msg: &str) {
+        self.progress.note(msg);
+    }
+}
+
+/// The retry loop of the process executors: launch the missing units as one batch, again while
+/// some are missing and attempts are left, then stop the run naming a unit that never finished
+/// and its last log.
+fn run_batches(
+    launcher: &mut dyn Launch,
+    retries: usize,
+    stage: &str,
+    units: &[Unit],
+    ws: &Workspace<'_>,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    // Workers start elsewhere (another folder, another node): give them absolute paths.
+    let dir = &std::path::absolute(ws.dir).map_err(|e| Error::io(ws.dir, e))?;
+    let pending: Vec<&Unit> = units.iter().filter(|u| !u.is_done(dir)).collect();
+    progress.stage(stage, pending.iter().map(|u| u.work() as u64).sum());
+    let counted = vec![false; pending.len()];
+    let mut monitor = Monitor { dir, units: pending, counted, progress };
+    let mut last_log: Vec<Option<PathBuf>> = vec![None; units.len()];
+    for attempt in 0..=retries {
+        let todo: Vec<usize> = (0..units.len()).filter(|&i| !units[i].is_done(dir)).collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let folder = batch_dir(dir, stage)?;
+        let list: Vec<Unit> = todo.iter().map(|&i| units[i].clone()).collect();
+        let units_file = folder.join("units.json");
+        write_units(&units_file, &list)?;
+        let batch = Batch { stage, run_dir: dir, dir: &folder, units_file: &units_file, count: list.len() };
+        let launched = launcher.launch(&batch, &mut monitor)?;
+        for (&i, log) in todo.iter().zip(launched.logs) {
+            last_log[i] = Some(log);
+        }
+        monitor.poll();
+        let still = todo.iter().filter(|&&i| !units[i].is_done(dir)).count();
+        if still > 0 && attempt < retries {
+            monitor.note(&format!("{stage}: {still} unit(s) of {} did not finish; re-submitting", launched.name));
+        }
+    }
+    match (0..units.len()).find(|&i| !units[i].is_done(dir)) {
+        None => Ok(()),
+        Some(i) => Err(failed(&units[i], retries + 1, &last_log[i].clone().unwrap_or_default())),
     }
 }
 

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{batch_dir, failed, interrupted, DoneWatcher, Executor};
+use super::{interrupted, run_batches, Batch, Executor, Launch, Launched, Monitor};
 use crate::error::{Error, Result};
-use crate::work::{write_units, Progress, Unit, Workspace};
+use crate::work::{Progress, Unit, Workspace};
 
 /// What the user chose for the arrays (`crispr run --executor slurm …`).
 #[derive(Clone, Debug, Default)]
@@ -51,9 +51,10 @@ impl Slurm {
         Ok(Slurm { exe, opts })
     }
 
-    /// Submit `n` array tasks over `units_file`; returns the job id.
-    fn submit(&self, batch: &Path, dir: &Path, units_file: &Path, n: usize, stage: &str) -> Result<String> {
-        let script = batch.join("array.sh");
+    /// Submit the batch as one array; returns the job id.
+    fn submit(&self, batch: &Batch<'_>) -> Result<String> {
+        let (stage, dir, units_file, n) = (batch.stage, batch.run_dir, batch.units_file, batch.count);
+        let script = batch.dir.join("array.sh");
         let text = format!(
             "#!/bin/sh\n# crispr {stage}: array task i computes unit i of units.json\nexec {} --threads \"${{SLURM_CPUS_PER_TASK:-1}}\" worker --run-dir {} --units {} --index \"$SLURM_ARRAY_TASK_ID\"\n",
             shell_quote(&self.exe),
@@ -68,8 +69,8 @@ impl Slurm {
         let mut cmd = Command::new("sbatch");
         cmd.arg("--parsable")
             .arg(format!("--array={array}"))
-            .arg(format!("--job-name=crispr-{}", stage.split_whitespace().next().unwrap_or("stage")))
-            .arg(format!("--output={}", batch.join("task-%a.log").display()))
+            .arg(format!("--job-name={}", job_name(stage, dir)))
+            .arg(format!("--output={}", batch.dir.join("task-%a.log").display()))
             .arg(format!("--cpus-per-task={}", self.opts.cpus_per_task.max(1)))
             .arg(format!("--chdir={}", dir.display()));
         if let Some(p) = &self.opts.partition {
@@ -95,7 +96,7 @@ impl Slurm {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
             return Err(Error::msg(format!("sbatch printed {:?}, not a job id", text.trim())));
         }
-        crate::neurons::atomic_write(&batch.join("job_id"), id.as_bytes())?;
+        crate::neurons::atomic_write(&batch.dir.join("job_id"), id.as_bytes())?;
         Ok(id)
     }
 
@@ -119,46 +120,38 @@ impl Slurm {
 
 impl Executor for Slurm {
     fn run(&mut self, stage: &str, units: &[Unit], ws: &mut Workspace<'_>, progress: &mut dyn Progress) -> Result<()> {
-        // Workers start elsewhere (another folder, another node): give them absolute paths.
-        let dir = &std::path::absolute(ws.dir).map_err(|e| Error::io(ws.dir, e))?;
-        let mut watcher = DoneWatcher::new(units, dir, stage, progress);
-        let mut last_log: Vec<Option<PathBuf>> = vec![None; units.len()];
-        for attempt in 0..=self.opts.retries {
-            let todo: Vec<usize> = (0..units.len()).filter(|&i| !units[i].is_done(dir)).collect();
-            if todo.is_empty() {
-                return Ok(());
-            }
-            let batch = batch_dir(dir, stage)?;
-            let list: Vec<Unit> = todo.iter().map(|&i| units[i].clone()).collect();
-            let units_file = batch.join("units.json");
-            write_units(&units_file, &list)?;
-            let id = self.submit(&batch, dir, &units_file, list.len(), stage)?;
-            progress.note(&format!("{stage}: Slurm job {id}, {} array task(s)", list.len()));
-            for (j, &i) in todo.iter().enumerate() {
-                last_log[i] = Some(batch.join(format!("task-{j}.log")));
-            }
-            loop {
-                if interrupted() {
-                    let _ = Command::new("scancel").arg(&id).status();
-                    return Err(Error::msg(format!("interrupted: cancelled Slurm job {id}")));
-                }
-                watcher.poll(dir, progress);
-                if !Self::in_queue(&id)? {
-                    break;
-                }
-                std::thread::sleep(self.opts.poll);
-            }
-            watcher.poll(dir, progress);
-            let still = todo.iter().filter(|&&i| !units[i].is_done(dir)).count();
-            if still > 0 && attempt < self.opts.retries {
-                progress.note(&format!("{stage}: {still} array task(s) of job {id} did not finish; re-submitting"));
-            }
-        }
-        match (0..units.len()).find(|&i| !units[i].is_done(dir)) {
-            None => Ok(()),
-            Some(i) => Err(failed(&units[i], self.opts.retries + 1, &last_log[i].clone().unwrap_or_default())),
-        }
+        let retries = self.opts.retries;
+        run_batches(self, retries, stage, units, ws, progress)
     }
+}
+
+impl Launch for Slurm {
+    fn launch(&mut self, batch: &Batch<'_>, monitor: &mut Monitor<'_>) -> Result<Launched> {
+        let id = self.submit(batch)?;
+        monitor.note(&format!("{}: Slurm job {id}, {} array task(s)", batch.stage, batch.count));
+        loop {
+            if interrupted() {
+                let _ = Command::new("scancel").arg(&id).status();
+                return Err(Error::msg(format!("interrupted: cancelled Slurm job {id}")));
+            }
+            monitor.poll();
+            if !Self::in_queue(&id)? {
+                break;
+            }
+            std::thread::sleep(self.opts.poll);
+        }
+        let logs = (0..batch.count).map(|j| batch.dir.join(format!("task-{j}.log"))).collect();
+        Ok(Launched { logs, name: format!("Slurm job {id}") })
+    }
+}
+
+/// `crispr-<stage>-<run directory's name>`: what `squeue` shows for the arrays of one run.
+pub fn job_name(stage: &str, run_dir: &Path) -> String {
+    let stage = stage.split_whitespace().next().unwrap_or("stage");
+    let run = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let run: String =
+        run.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("crispr-{stage}-{run}")
 }
 
 /// `'…'` with embedded quotes escaped, for the array script.
