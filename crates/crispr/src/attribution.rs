@@ -209,12 +209,31 @@ pub fn attribute_instruction(
     settings: &Settings,
     progress: &mut dyn FnMut(&InstanceTrace),
 ) -> Scores {
-    let mut total = attribute_sum(model, instances, settings, progress);
-    let n = instances.len().max(1) as f64;
+    let sum = attribute_sum(model, instances, settings, progress);
+    instruction_score([sum], instances.len()).expect("one part")
+}
+
+/// An instruction's score from the [`attribute_sum`]s of consecutive chunks of its `n`
+/// instances: added in order, then divided by `n`. With [`combine`], the one definition of how
+/// parts become scores, shared by `crispr attribute` and `crispr run`.
+pub fn instruction_score(parts: impl IntoIterator<Item = Scores>, n: usize) -> Option<Scores> {
+    let mut parts = parts.into_iter();
+    let mut total = parts.next()?;
+    for p in parts {
+        total.add(&p);
+    }
+    let n = n.max(1) as f64;
     for v in total.per_site.iter_mut().flatten() {
         *v /= n;
     }
-    total
+    Some(total)
+}
+
+/// The final scores: the mean over instructions of each sample set (seed), then the mean over
+/// sample sets.
+pub fn combine(per_seed: Vec<Vec<Scores>>) -> Option<Scores> {
+    let means = per_seed.iter().map(|ins| Scores::mean(ins)).collect::<Option<Vec<_>>>()?;
+    Scores::mean(&means)
 }
 
 /// `Σ` over `instances` of what [`attribute_instruction`] averages: sums of consecutive chunks,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::attribution::{attribute_skill, Instance, Scores};
+use crate::attribution::{attribute_skill, combine, instruction_score, Instance, Scores};
 use crate::data::{self, split::sample_indices, split_indices, InstructionSet, Split, Task};
 use crate::diagnostics::{probe, ActivationStats};
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ use crate::executor::{Executor, InProcess};
 use crate::export::{write_pruned, RowsByModule};
 use crate::loader::{LoadedModel, ModelFormat};
 use crate::metrics::{instruction_metrics, metrics_json, summarize, Outcome};
-use crate::neurons::{atomic_write, write_scores};
+use crate::neurons::{atomic_write, attribution_metadata, write_scores};
 use crate::prune::{prune, random_neurons, Neuron};
 use crate::retention::{mean_kl, neutral_distributions, RetentionConstraint};
 use crate::score::encode;
@@ -362,34 +362,20 @@ fn attribution_stage(env: &mut Env<'_>, loaded: &mut LoadedModel, task: &Task, s
     let universe = cfg.settings.universe;
     let mut per_seed = Vec::new();
     for per_instruction in groups {
-        let mut means = Vec::new();
+        let mut scores = Vec::new();
         for (range, n) in per_instruction {
-            let mut total: Option<Scores> = None;
-            for unit in &units[range] {
-                let part = read_attribution(env.dir, unit, sites, universe)?;
-                match &mut total {
-                    None => total = Some(part),
-                    Some(t) => t.add(&part),
-                }
-            }
-            let mut total = total.ok_or_else(|| Error::msg("an instruction without units"))?;
-            let n = n.max(1) as f64;
-            for v in total.per_site.iter_mut().flatten() {
-                *v /= n;
-            }
-            means.push(total);
+            let parts = units[range]
+                .iter()
+                .map(|u| read_attribution(env.dir, u, sites, universe))
+                .collect::<Result<Vec<_>>>()?;
+            scores.push(instruction_score(parts, n).ok_or_else(|| Error::msg("an instruction without units"))?);
         }
-        per_seed.push(Scores::mean(&means).ok_or_else(|| Error::msg("no instructions"))?);
+        per_seed.push(scores);
     }
-    let scores = Scores::mean(&per_seed).ok_or_else(|| Error::msg("no attribution seeds"))?;
-    let meta = json!({
-        "tool": {"name": "crispr", "version": env!("CARGO_PKG_VERSION")},
-        "model": {"path": loaded.format.path().display().to_string()},
-        "task": {"name": task.name, "source": task.source.display().to_string(), "sha256": task.sha256},
-        "instructions": set.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
-        "settings": cfg.settings,
-        "samples": cfg.seeds.iter().map(|&s| json!({"seed": s, "indices": sample_indices(&dev, cfg.samples, s)})).collect::<Vec<_>>(),
-    });
+    let scores = combine(per_seed).ok_or_else(|| Error::msg("no attribution seeds or instructions"))?;
+    let samples: Vec<(u64, Vec<usize>)> =
+        cfg.seeds.iter().map(|&s| (s, sample_indices(&dev, cfg.samples, s))).collect();
+    let meta = attribution_metadata(loaded, task, &set, &cfg.settings, env.cfg.split_seed, &samples);
     write_scores(&out, sites, &scores, meta, 1000)?;
     Ok(scores)
 }

@@ -145,3 +145,39 @@ fn run_reports_resumes_identically_and_refuses_other_configs() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("different settings"));
 }
+
+#[test]
+fn crispr_attribute_and_crispr_run_compute_the_same_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    // Every instruction of the set, as `crispr attribute` uses.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("samples = 24\nseeds = [2026]\ninstructions = 4", "samples = 8\nseeds = [2026]\ninstructions = 0");
+    std::fs::write(&cfg, text).unwrap();
+    let run = tmp.path().join("run");
+    let o = crispr_run(&cfg, &run).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let alone = tmp.path().join("attribute");
+    let model = common::fixtures().join("tiny").join("llama");
+    let o = Command::new(common::crispr_bin())
+        .args(["attribute", "--task", "bbq:Age", "--samples", "8", "--seed", "2026", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&alone)
+        .env("CRISPR_DATA_DIR", common::data_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    assert!(
+        read(&run.join("attribution").join("scores.safetensors")) == read(&alone.join("scores.safetensors")),
+        "the run's attribution differs from crispr attribute's"
+    );
+    let meta = |p: &Path| -> serde_json::Value { serde_json::from_slice(&read(&p.join("neurons.json"))).unwrap() };
+    let (a, b) = (meta(&run.join("attribution")), meta(&alone));
+    for key in ["model", "task", "instructions", "settings", "split_seed", "samples", "neurons"] {
+        assert_eq!(a[key], b[key], "neurons.json: {key}");
+    }
+    assert!(a["model"]["sha256"].as_str().is_some_and(|s| s.contains("model.safetensors:")), "{}", a["model"]);
+}

@@ -4,13 +4,15 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::common::{model_checksum, progress, LoadedTask, PrecisionArgs, Samples, TaskArgs};
+use super::common::{progress, LoadedTask, PrecisionArgs, Samples, TaskArgs};
 use super::ModelArgs;
-use crispr::attribution::{attribute_instruction, Disentangle, Instance, Objective, Scores, Settings, TokenAgg};
+use crispr::attribution::{
+    attribute_sum, combine, instruction_score, Disentangle, Instance, Objective, Scores, Settings, TokenAgg,
+};
 use crispr::data::{split_indices, Split};
 use crispr::loader::LoadedModel;
 use crispr::model::Universe;
-use crispr::neurons::write_scores;
+use crispr::neurons::{attribution_metadata, write_scores};
 use crispr::precision::{score_agreement, Precision};
 use crispr::score::encode;
 
@@ -128,7 +130,7 @@ pub fn run(args: AttributeArgs) -> Result<()> {
         Samples::All => vec![(0, (0..lt.task.examples.len()).collect())],
         Samples::Drawn(0) => bail!("--samples 0 attributes nothing; give a positive number or `all`"),
         Samples::Drawn(n) => {
-            let dev = split_indices(&lt.task, Split::Dev, args.task.split_seed, 0.1);
+            let dev = split_indices(&lt.task, Split::Dev, args.task.split_seed, crispr::data::split::DEV_FRACTION);
             if n > dev.len() {
                 bail!("--samples {n} exceeds the {} dev instances of {}", dev.len(), lt.task.name);
             }
@@ -154,18 +156,13 @@ pub fn run(args: AttributeArgs) -> Result<()> {
     } else {
         None
     };
-    let meta = json!({
-        "tool": {"name": "crispr", "version": env!("CARGO_PKG_VERSION")},
-        "model": {"path": loaded.format.path().display().to_string(), "sha256": model_checksum(loaded.format.path())},
-        "task": {"name": lt.task.name, "source": lt.task.source.display().to_string(), "sha256": lt.task.sha256},
-        "instructions": {"name": lt.instructions.name, "ids": lt.instructions.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>()},
-        "settings": settings,
-        "split_seed": args.task.split_seed,
-        "samples": sample_sets.iter().map(|(seed, idx)| json!({"seed": seed, "indices": idx})).collect::<Vec<_>>(),
-        "seconds": seconds,
-        "precision": precision,
-        "precision_check": check,
-    });
+    let mut meta =
+        attribution_metadata(&loaded, &lt.task, &lt.instructions, &settings, args.task.split_seed, &sample_sets);
+    if let Some(m) = meta.as_object_mut() {
+        m.insert("seconds".into(), json!(seconds));
+        m.insert("precision".into(), json!(precision));
+        m.insert("precision_check".into(), json!(check));
+    }
     write_scores(&args.out, loaded.model.sites(), &scores, meta, args.keep)?;
     eprintln!(
         "crispr: attributed {} neurons over {total} (instance, instruction) pairs in {:.1} s → {}",
@@ -176,7 +173,7 @@ pub fn run(args: AttributeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Scores of every sample set (seed) and instruction, averaged.
+/// Scores of every sample set (seed) and instruction, combined as `crispr run` combines them.
 fn attribute_all(
     loaded: &LoadedModel,
     lt: &LoadedTask,
@@ -198,9 +195,10 @@ fn attribute_all(
                 })
                 .collect::<crispr::Result<Vec<_>>>()
                 .with_context(|| format!("preparing instruction {}", ins.id))?;
-            per_instruction.push(attribute_instruction(loaded.model.as_ref(), &instances, settings, &mut |_| tick()));
+            let sum = attribute_sum(loaded.model.as_ref(), &instances, settings, &mut |_| tick());
+            per_instruction.push(instruction_score([sum], instances.len()).context("no instances")?);
         }
-        per_seed.push(Scores::mean(&per_instruction).context("no instructions")?);
+        per_seed.push(per_instruction);
     }
-    Scores::mean(&per_seed).context("no samples")
+    combine(per_seed).context("no samples or instructions")
 }

@@ -170,25 +170,4 @@ pub fn check_writable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn sha256_of(path: &Path) -> String {
-    crispr::resolve::sha256_file(path).unwrap_or_else(|_| "unavailable".into())
-}
-
-/// The model file's checksum: the .gguf itself, or the checkpoint's weight files combined.
-pub fn model_checksum(path: &Path) -> String {
-    if path.is_file() {
-        return sha256_of(path);
-    }
-    // The weight files the loader reads (the same rule as loading and export), plus the JSON
-    // files (configuration, tokenizer, index).
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(path).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|x| x == "json"));
-    files.extend(crispr::weights::checkpoint_weight_files(path).unwrap_or_default());
-    files.sort();
-    let joined: Vec<String> = files
-        .iter()
-        .map(|p| format!("{}:{}", p.file_name().unwrap_or_default().to_string_lossy(), sha256_of(p)))
-        .collect();
-    joined.join(",")
-}
+pub use crispr::rundir::model_checksum;
