@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::attribution::{attribute_skill, combine, instruction_score, Instance, Scores};
+use crate::attribution::{combine, instruction_score, Scores};
 use crate::data::{self, split::sample_indices, split_indices, InstructionSet, Split, Task};
 use crate::diagnostics::{probe, ActivationStats};
 use crate::error::{Error, Result};
@@ -906,47 +906,48 @@ const PROBE_PROMPTS: usize = 8;
 
 /// The top skill neurons of every protected task (gold-answer attribution on its dev split),
 /// each task's scores cached in `protect/<task>.safetensors`.
-fn protect_stage(env: &mut Env<'_>, loaded: &LoadedModel) -> Result<std::collections::HashSet<Neuron>> {
+fn protect_stage(env: &mut Env<'_>, loaded: &mut LoadedModel) -> Result<std::collections::HashSet<Neuron>> {
     let sel = env.cfg.selection.clone();
     let mut protected = std::collections::HashSet::new();
     if sel.protect.is_empty() || sel.protect_top == 0 {
         return Ok(protected);
     }
-    let dir = env.dir.join("protect");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let sites = loaded.model.sites();
-    let settings = env.cfg.attribution.settings.clone();
-    let style = loaded.prompt_style(false);
+    let universe = env.cfg.attribution.settings.universe;
     let seed = env.cfg.attribution.seeds.first().copied().unwrap_or(0);
+    // Per task: its cache and, when that is missing, one unit per instruction.
+    let mut plans = Vec::new();
+    let mut all = Vec::new();
     for name in &sel.protect {
-        let cache = dir.join(format!("{}.safetensors", name.replace([':', '/'], "_")));
-        let skill = match read_f64_scores(&cache, sites, settings.universe) {
-            Ok(s) => s,
-            Err(_) => {
-                let task = data::load_task(name, &env.data_dir)?;
-                let set = first_k(&data::default_instructions(&task, &env.data_dir)?, sel.protect_instructions);
-                let dev = split_indices(&task, Split::Dev, env.cfg.split_seed, data::split::DEV_FRACTION);
-                let indices = sample_indices(&dev, sel.protect_samples.min(dev.len()), seed);
-                env.progress.stage(&format!("skills of {name}"), (set.items.len() * indices.len()) as u64);
-                let mut per_instruction = Vec::new();
-                for ins in &set.items {
-                    let instances = indices
-                        .iter()
-                        .map(|&i| {
-                            let p = ins.render(&task.examples[i])?;
-                            let enc = encode(&loaded.text, style, &p.text, &p.candidates)?;
-                            Ok(Instance { prompt: enc.prompt, candidates: enc.candidates, gold: p.label })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    per_instruction.push(attribute_skill(loaded.model.as_ref(), &instances, &settings));
-                    for _ in 0..instances.len() {
-                        env.progress.tick();
-                    }
-                }
-                let s = Scores::mean(&per_instruction).ok_or_else(|| Error::msg(format!("{name}: no instructions")))?;
-                write_f64_scores(&cache, sites, &s)?;
-                s
+        let cache = env.dir.join("protect").join(format!("{}.safetensors", slug(name)));
+        let mut units = Vec::new();
+        if !cache.is_file() {
+            let task = data::load_task(name, &env.data_dir)?;
+            let set = first_k(&data::default_instructions(&task, &env.data_dir)?, sel.protect_instructions);
+            let dev = split_indices(&task, Split::Dev, env.cfg.split_seed, data::split::DEV_FRACTION);
+            let indices = sample_indices(&dev, sel.protect_samples.min(dev.len()), seed);
+            for k in 0..set.items.len() {
+                units.push(Unit::Skill {
+                    task: name.clone(),
+                    instruction: k,
+                    indices: indices.clone(),
+                    out: format!("protect/{}/i{k}.safetensors", slug(name)),
+                });
             }
+        }
+        all.extend(units.iter().cloned());
+        plans.push((name, cache, units));
+    }
+    run_units(env, loaded, "skills", &all)?;
+    let sites = loaded.model.sites();
+    for (name, cache, units) in plans {
+        let skill = if units.is_empty() {
+            read_f64_scores(&cache, sites, universe)?
+        } else {
+            let parts =
+                units.iter().map(|u| read_attribution(env.dir, u, sites, universe)).collect::<Result<Vec<_>>>()?;
+            let s = Scores::mean(&parts).ok_or_else(|| Error::msg(format!("{name}: no instructions")))?;
+            write_f64_scores(&cache, sites, &s)?;
+            s
         };
         protected.extend(top_skill_neurons(&skill, sel.protect_top));
     }

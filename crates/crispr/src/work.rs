@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::attribution::{attribute_sum, Instance, Scores};
+use crate::attribution::{attribute_skill, attribute_sum, Instance, Scores};
 use crate::data::{self, InstructionSet, Task};
 use crate::error::{Error, Result};
 use crate::evaluate::{evaluate, EvalOptions};
@@ -44,6 +44,9 @@ pub enum Unit {
     Attribute { instruction: usize, indices: Vec<usize>, out: String },
     /// Choices of `task` on `indices` under instruction `instruction`, with `neurons` pruned.
     Evaluate { task: String, instruction: usize, indices: Vec<usize>, neurons: Vec<(usize, usize)>, out: String },
+    /// Skill (gold-answer) attribution of `task` on `indices` under instruction `instruction`: the
+    /// mean over the instances, for protecting that task's skill neurons.
+    Skill { task: String, instruction: usize, indices: Vec<usize>, out: String },
     /// Mean KL(original ‖ pruned) over the first `prompts` neutral prompts with `neurons` pruned.
     Kl { prompts: usize, neurons: Vec<(usize, usize)>, out: String },
 }
@@ -51,7 +54,10 @@ pub enum Unit {
 impl Unit {
     pub fn out(&self) -> &str {
         match self {
-            Unit::Attribute { out, .. } | Unit::Evaluate { out, .. } | Unit::Kl { out, .. } => out,
+            Unit::Attribute { out, .. }
+            | Unit::Evaluate { out, .. }
+            | Unit::Skill { out, .. }
+            | Unit::Kl { out, .. } => out,
         }
     }
 
@@ -59,7 +65,9 @@ impl Unit {
     /// and the basis of `crispr plan`'s estimates.
     pub fn work(&self) -> usize {
         match self {
-            Unit::Attribute { indices, .. } | Unit::Evaluate { indices, .. } => indices.len(),
+            Unit::Attribute { indices, .. } | Unit::Evaluate { indices, .. } | Unit::Skill { indices, .. } => {
+                indices.len()
+            }
             Unit::Kl { prompts, .. } => 2 * prompts,
         }
     }
@@ -79,6 +87,9 @@ impl Unit {
                 indices.len(),
                 neurons.len()
             ),
+            Unit::Skill { task, instruction, indices, .. } => {
+                format!("skill attribution of {task}, instruction {instruction}, {} instances", indices.len())
+            }
             Unit::Kl { neurons, .. } => format!("KL on neutral prompts, {} neurons pruned", neurons.len()),
         }
     }
@@ -130,6 +141,22 @@ impl<'a> Workspace<'a> {
         Ok(&self.tasks[name])
     }
 
+    /// `indices` of `task` under its instruction `k`, tokenised.
+    fn instances(&mut self, name: &str, k: usize, indices: &[usize]) -> Result<Vec<Instance>> {
+        let style = self.loaded.prompt_style(false);
+        self.task(name)?;
+        let (task, set) = &self.tasks[name];
+        let ins = instruction_at(set, k)?;
+        indices
+            .iter()
+            .map(|&i| {
+                let p = ins.render(example(task, i)?)?;
+                let enc = encode(&self.loaded.text, style, &p.text, &p.candidates)?;
+                Ok(Instance { prompt: enc.prompt, candidates: enc.candidates, gold: p.label })
+            })
+            .collect()
+    }
+
     /// Compute `unit` and write its result file (atomically). `tick` is called once per unit of
     /// [`Unit::work`].
     pub fn compute(&mut self, unit: &Unit, tick: &mut dyn FnMut()) -> Result<()> {
@@ -137,22 +164,18 @@ impl<'a> Workspace<'a> {
         match unit {
             Unit::Attribute { instruction, indices, .. } => {
                 let target = self.cfg.task.clone();
-                let settings = self.cfg.attribution.settings.clone();
-                let style = self.loaded.prompt_style(false);
-                self.task(&target)?;
-                let (task, set) = &self.tasks[target.as_str()];
-                let ins = instruction_at(set, *instruction)?;
-                let instances = indices
-                    .iter()
-                    .map(|&i| {
-                        let ex = example(task, i)?;
-                        let p = ins.render(ex)?;
-                        let enc = encode(&self.loaded.text, style, &p.text, &p.candidates)?;
-                        Ok(Instance { prompt: enc.prompt, candidates: enc.candidates, gold: p.label })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let sum = attribute_sum(self.loaded.model.as_ref(), &instances, &settings, &mut |_| tick());
+                let instances = self.instances(&target, *instruction, indices)?;
+                let settings = &self.cfg.attribution.settings;
+                let sum = attribute_sum(self.loaded.model.as_ref(), &instances, settings, &mut |_| tick());
                 write_f64_scores(&path, self.loaded.model.sites(), &sum)
+            }
+            Unit::Skill { task, instruction, indices, .. } => {
+                let instances = self.instances(task, *instruction, indices)?;
+                let skill = attribute_skill(self.loaded.model.as_ref(), &instances, &self.cfg.attribution.settings);
+                for _ in 0..instances.len() {
+                    tick();
+                }
+                write_f64_scores(&path, self.loaded.model.sites(), &skill)
             }
             Unit::Evaluate { task: name, instruction, indices, neurons, .. } => {
                 let neurons = neurons_of(neurons, self.loaded.model.sites())?;
@@ -218,7 +241,7 @@ pub fn read_kl(dir: &Path, unit: &Unit) -> Result<f64> {
     read_json_file(&path)?["kl"].as_f64().ok_or_else(|| Error::format(&path, "no kl value"))
 }
 
-/// The sum an [`Unit::Attribute`] wrote.
+/// The sum an [`Unit::Attribute`] (or the mean a [`Unit::Skill`]) wrote.
 pub fn read_attribution(dir: &Path, unit: &Unit, sites: &[SiteInfo], universe: Universe) -> Result<Scores> {
     read_f64_scores(&dir.join(unit.out()), sites, universe)
 }
