@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::loader::{config_from_gguf, ModelFormat};
+use crate::loader::ModelFormat;
+use crate::model::llama::config::config_from_gguf;
 use crate::model::{Arch, ModuleId, Proj};
 use crate::weights::gguf_row_of_hf_row;
 

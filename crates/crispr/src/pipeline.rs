@@ -18,9 +18,9 @@ use crate::diagnostics::{probe, ActivationStats};
 use crate::error::{Error, Result};
 use crate::evaluate::{evaluate, EvalOptions, Mode};
 use crate::export::{write_pruned, RowsByModule};
+use crate::files::{atomic_write, write_scores};
 use crate::loader::{LoadedModel, ModelFormat};
 use crate::metrics::{metrics_json, summarize, Outcome};
-use crate::neurons::{atomic_write, write_scores};
 use crate::prune::{prune, random_neurons, Neuron};
 use crate::retention::{mean_kl, neutral_distributions, RetentionConstraint};
 use crate::score::encode;
@@ -246,7 +246,7 @@ pub struct RunResult {
     pub search: Vec<(usize, f64)>,
     /// Per task: `original`, `crispr`, `random` (one metrics.json document per random seed).
     pub tasks: BTreeMap<String, TaskResults>,
-    pub bias_neurons: Vec<crate::neurons::RankedNeuron>,
+    pub bias_neurons: Vec<crate::files::RankedNeuron>,
     /// The pruned model's file or directory name inside the run directory.
     pub pruned_model: String,
     pub seconds: BTreeMap<String, f64>,
@@ -419,11 +419,11 @@ pub fn run(
     seconds.add("export", t.elapsed().as_secs_f64())?;
 
     let sites = loaded.model.sites();
-    let bias_neurons: Vec<crate::neurons::RankedNeuron> = crispr_neurons
+    let bias_neurons: Vec<crate::files::RankedNeuron> = crispr_neurons
         .iter()
         .map(|n| {
             let module = sites[n.site].name.clone();
-            crate::neurons::RankedNeuron {
+            crate::files::RankedNeuron {
                 id: format!("{module}:{}", n.row),
                 module,
                 row: n.row,

@@ -13,8 +13,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::files::atomic_write;
 use crate::lock::{DirLock, LOCK_FILE};
-use crate::neurons::atomic_write;
 use crate::pipeline::RunConfig;
 
 /// File recording the checksums of a run's inputs.

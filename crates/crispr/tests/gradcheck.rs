@@ -3,9 +3,9 @@
 
 mod common;
 
+use crispr::model::llama::scoring::logprob_with_grads;
 use crispr::model::llama::LlamaModel;
 use crispr::model::LanguageModel;
-use crispr::score::logprob_with_grads;
 
 /// log P(candidate | prompt) with `delta` added to one unit of one module's output at one position.
 fn perturbed_logprob(

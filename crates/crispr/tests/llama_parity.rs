@@ -7,8 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{fixtures, max_abs_diff, read_safetensors, rel_err};
+use crispr::model::llama::scoring::logprob_with_grads;
 use crispr::model::LanguageModel;
-use crispr::score::{encode, logprob_with_grads, PromptStyle};
+use crispr::score::{encode, PromptStyle};
 
 fn check_family(family: &str) {
     let dir = fixtures().join("tiny").join(family);
@@ -53,7 +54,7 @@ fn check_family(family: &str) {
     assert!((lp - want_lp).abs() <= 1e-4 * want_lp.abs().max(1.0), "{family}: logprob {lp} vs {want_lp}");
     assert_eq!(seen.len(), model.sites().len(), "{family}: every site visited once");
     // And the cached scoring path agrees with the traced one.
-    let scored = crispr::score::score(model, &enc.prompt, &enc.candidates);
+    let scored = crispr::model::llama::scoring::score(model, &enc.prompt, &enc.candidates);
     assert!((scored[0] - lp).abs() <= 1e-4, "{family}: cached scoring {} vs traced {lp}", scored[0]);
 }
 

@@ -8,9 +8,9 @@ use super::common::{model_checksum, progress, LoadedTask, PrecisionArgs, Samples
 use super::ModelArgs;
 use crispr::attribution::{attribute_instruction, Disentangle, Instance, Objective, Scores, Settings, TokenAgg};
 use crispr::data::{split_indices, Split};
+use crispr::files::write_scores;
 use crispr::loader::LoadedModel;
 use crispr::model::Universe;
-use crispr::neurons::write_scores;
 use crispr::precision::{score_agreement, Precision};
 use crispr::score::encode;
 

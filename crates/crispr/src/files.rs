@@ -1,6 +1,7 @@
-//! The attribution output files: `scores.safetensors` (one f32 vector per module, keyed by the
-//! module name, length = the module's units) and `neurons.json` (the ranking plus everything
-//! needed to trace and replay the result).
+//! Files the crate writes and reads back: atomic writes, JSON, and the attribution output files
+//! `scores.safetensors` (one f32 vector per module, keyed by the module name, length = the
+//! module's units) and `neurons.json` (the ranking plus everything needed to trace and replay the
+//! result).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +29,12 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// Read and parse a JSON file; errors name the file.
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
 }
 
 /// One ranked neuron as written to `neurons.json`.

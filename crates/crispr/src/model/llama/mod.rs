@@ -8,7 +8,13 @@
 //! `[out × in]` in the transformers layout (rotate-half RoPE, so GGUF q/k rows are un-permuted
 //! on load).
 
+pub mod config;
+pub mod load;
+pub mod scoring;
+
 use rayon::prelude::*;
+
+pub use load::LOADER;
 
 use crate::model::linear::Weights;
 use crate::model::ops::{rms_norm, rms_norm_backward, softmax_in_place};
@@ -660,7 +666,7 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
     }
 
     fn score(&self, prompt: &[u32], candidates: &[Vec<u32>]) -> Vec<f64> {
-        crate::score::score(self, prompt, candidates)
+        scoring::score(self, prompt, candidates)
     }
 
     fn logprob_with_grads(
@@ -670,11 +676,11 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
         hook: Option<ForwardHook<'_, F>>,
         visit: GradVisitor<'_, F>,
     ) -> f64 {
-        crate::score::logprob_with_grads(self, prompt, candidate, hook, visit)
+        scoring::logprob_with_grads(self, prompt, candidate, hook, visit)
     }
 
     fn generate(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
-        crate::score::generate(self, prompt, max_new, stop)
+        scoring::generate(self, prompt, max_new, stop)
     }
 
     fn next_token_logits(&self, prompt: &[u32], hook: Option<ForwardHook<'_, F>>) -> Vec<f64> {
@@ -699,7 +705,7 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
             self.truncate_cache(&mut cache, keep);
             let hidden = self.forward(&prompt[keep..], &mut cache, None);
             let last = self.logits(&hidden, &[prompt.len() - keep - 1]);
-            out[i] = crate::score::score_candidates_after(self, &last, &mut cache, candidates);
+            out[i] = scoring::score_candidates_after(self, &last, &mut cache, candidates);
             cached = prompt;
         }
         out
@@ -722,13 +728,13 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
         let logprobs: Vec<f64> = candidates
             .iter()
             .map(|cand| {
-                let mut total = crate::score::log_prob_of(&last, cand[0]);
+                let mut total = crate::model::logits::log_prob_of(&last, cand[0]);
                 if cand.len() > 1 {
                     let h = self.forward(&cand[..cand.len() - 1], &mut cache, None);
                     let rows: Vec<usize> = (0..cand.len() - 1).collect();
                     let logits = self.logits(&h, &rows);
                     for (i, &t) in cand[1..].iter().enumerate() {
-                        total += crate::score::log_prob_of(&logits[i * vocab..(i + 1) * vocab], t);
+                        total += crate::model::logits::log_prob_of(&logits[i * vocab..(i + 1) * vocab], t);
                     }
                     self.truncate_cache(&mut cache, base);
                 }
@@ -742,7 +748,7 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
             let joint = self.join_traces(&head, &tail);
             let rows: Vec<usize> = (prompt.len() - 1..prompt.len() + cand.len() - 1).collect();
             let logits = self.logits(&joint.hidden, &rows);
-            let d_logits = crate::score::d_logprob_d_logits(&logits, cand, vocab);
+            let d_logits = crate::model::logits::d_logprob_d_logits(&logits, cand, vocab);
             self.backward(&joint, &rows, &d_logits, &mut |site, a, g| visit(k, site, a, g));
         }
         logprobs

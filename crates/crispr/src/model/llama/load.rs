@@ -1,0 +1,178 @@
+//! Building a Llama-family model from a checkpoint directory or a GGUF file.
+
+use std::path::Path;
+
+use super::{Layer, LlamaModel};
+use crate::error::{Error, Result};
+use crate::files::read_json;
+use crate::gguf::GgufFile;
+use crate::model::linear::Weights;
+use crate::model::registry::{Built, FamilyLoader, Probed};
+use crate::model::LanguageModel;
+use crate::model::{Arch, Linear, LlamaConfig, Proj};
+use crate::precision::Precision;
+use crate::tensor::Float;
+use crate::text::{check_vocab, TextCodec};
+use crate::weights::{GgufSource, Probe, Role, SafetensorsSource, WeightSource};
+
+use super::config::{config_from_gguf, config_from_hf};
+
+/// The registry entry of the Llama family.
+pub static LOADER: FamilyLoader = FamilyLoader {
+    name: "llama",
+    model_types: &["llama", "mistral", "qwen2"],
+    architectures: &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"],
+    gguf_architectures: &["llama", "qwen2"],
+    load_checkpoint,
+    inspect_checkpoint,
+    load_gguf: Some(load_gguf),
+    inspect_gguf: Some(inspect_gguf),
+};
+
+fn load_checkpoint(dir: &Path, config: &serde_json::Value, precision: Precision) -> Result<Built> {
+    let cfg = config_from_hf(&dir.join("config.json"), config)?;
+    let (model, text) =
+        finish(build_model_at(cfg, &SafetensorsSource::open_dir(dir)?, precision)?, TextCodec::from_dir(dir)?)?;
+    Ok(Built { model: Box::new(model), text })
+}
+
+fn inspect_checkpoint(dir: &Path, config: &serde_json::Value) -> Result<Probed> {
+    let cfg = config_from_hf(&dir.join("config.json"), config)?;
+    let src = SafetensorsSource::open_dir(dir)?;
+    probe(cfg, &src, TextCodec::from_dir(dir)?)
+}
+
+/// llama.cpp permutes the q/k rows of llama-architecture models only.
+fn gguf_source<'a>(file: &'a GgufFile, cfg: &LlamaConfig) -> GgufSource<'a> {
+    GgufSource { file, permuted_qk: (cfg.arch == Arch::Llama).then_some((cfg.num_heads, cfg.num_kv_heads)) }
+}
+
+fn load_gguf(file: &GgufFile, precision: Precision) -> Result<Built> {
+    let cfg = config_from_gguf(file)?;
+    let src = gguf_source(file, &cfg);
+    let (model, text) = finish(build_model_at(cfg, &src, precision)?, TextCodec::from_gguf(file)?)?;
+    Ok(Built { model: Box::new(model), text })
+}
+
+fn inspect_gguf(file: &GgufFile) -> Result<Probed> {
+    let cfg = config_from_gguf(file)?;
+    let src = gguf_source(file, &cfg);
+    probe(cfg, &src, TextCodec::from_gguf(file)?)
+}
+
+/// Check every tensor's header (reading none) and report what a load would hold.
+fn probe(cfg: LlamaConfig, src: &dyn WeightSource, text: TextCodec) -> Result<Probed> {
+    let probe = Probe::new(src);
+    let model = build_model(cfg, &probe)?;
+    check_vocab(model.cfg.vocab_size, &text)?;
+    Ok(Probed { describe: model.describe(), sites: model.sites().to_vec(), text, footprint: probe.footprint(&[]) })
+}
+
+/// The tokenizer must fit the embedding; prompts are bounded by the model's context.
+fn finish(model: LlamaModel<f32>, mut text: TextCodec) -> Result<(LlamaModel<f32>, TextCodec)> {
+    check_vocab(model.cfg.vocab_size, &text)?;
+    text.max_tokens = Some(model.cfg.max_position_embeddings);
+    Ok((model, text))
+}
+
+/// Build a model from any weight source.
+pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaModel<f32>> {
+    build_model_at(cfg, src, Precision::F32)
+}
+
+/// [`build_model`] with weight matrices kept at `precision`, each converted as it is read (a
+/// bf16 model never holds more than one matrix in f32).
+pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Precision) -> Result<LlamaModel<f32>> {
+    let keep = |v: Vec<f32>| Weights::with_precision(v, precision);
+    let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+    // The configuration's layer count must be backed by the file before anything is allocated
+    // for it (a corrupt count would otherwise reserve memory for layers that do not exist).
+    let last = Role::AttnNorm(cfg.num_layers - 1);
+    if !src.has(last) {
+        return Err(Error::format(
+            src.location(),
+            format!(
+                "the configuration has {} layers but the weights lack layer {}",
+                cfg.num_layers,
+                cfg.num_layers - 1
+            ),
+        ));
+    }
+    let embed = keep(src.read(Role::Embed, &[v, d])?);
+    let mut layers = Vec::new();
+    for l in 0..cfg.num_layers {
+        let lin = |p: Proj| -> Result<Linear<f32>> {
+            let (out_dim, in_dim) = (cfg.out_dim(p), cfg.in_dim(p));
+            let weight = keep(src.read(Role::Weight(l, p), &[out_dim, in_dim])?);
+            let bias = if src.has(Role::Bias(l, p)) { Some(src.read(Role::Bias(l, p), &[out_dim])?) } else { None };
+            Ok(Linear { weight, bias, out_dim, in_dim })
+        };
+        layers.push(Layer {
+            attn_norm: src.read(Role::AttnNorm(l), &[d])?,
+            q: lin(Proj::Q)?,
+            k: lin(Proj::K)?,
+            v: lin(Proj::V)?,
+            o: lin(Proj::O)?,
+            mlp_norm: src.read(Role::MlpNorm(l), &[d])?,
+            gate: lin(Proj::Gate)?,
+            up: lin(Proj::Up)?,
+            down: lin(Proj::Down)?,
+        });
+    }
+    let final_norm = src.read(Role::FinalNorm, &[d])?;
+    let lm_head = if cfg.tie_word_embeddings { None } else { Some(keep(src.read(Role::LmHead, &[v, d])?)) };
+    Ok(LlamaModel::new(cfg, embed, layers, final_norm, lm_head))
+}
+
+/// Load a Llama-family model as its concrete type (for code that needs the family's own API,
+/// such as the f64 gradient checks).
+pub fn load_llama(path: &Path) -> Result<(LlamaModel<f32>, TextCodec)> {
+    load_llama_at(path, Precision::F32)
+}
+
+/// [`load_llama`] with weight matrices kept at `precision`.
+pub fn load_llama_at(path: &Path, precision: Precision) -> Result<(LlamaModel<f32>, TextCodec)> {
+    if path.is_dir() {
+        let cfg_path = path.join("config.json");
+        if !cfg_path.exists() {
+            return Err(Error::format(path, "config.json is missing: not a transformers checkpoint directory"));
+        }
+        let cfg = config_from_hf(&cfg_path, &read_json(&cfg_path)?)?;
+        finish(build_model_at(cfg, &SafetensorsSource::open_dir(path)?, precision)?, TextCodec::from_dir(path)?)
+    } else {
+        let file = GgufFile::open(path)?;
+        let cfg = config_from_gguf(&file)?;
+        let src = gguf_source(&file, &cfg);
+        finish(build_model_at(cfg, &src, precision)?, TextCodec::from_gguf(&file)?)
+    }
+}
+
+impl<F: Float> LlamaModel<F> {
+    /// The same model with weights converted to another float type (f64 for gradient checks).
+    pub fn cast<G: Float>(&self) -> LlamaModel<G> {
+        let c = |v: &Vec<F>| v.iter().map(|x| G::from_f64(x.to_f64())).collect::<Vec<G>>();
+        let cl = |l: &Linear<F>| l.cast::<G>();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| Layer {
+                attn_norm: c(&l.attn_norm),
+                q: cl(&l.q),
+                k: cl(&l.k),
+                v: cl(&l.v),
+                o: cl(&l.o),
+                mlp_norm: c(&l.mlp_norm),
+                gate: cl(&l.gate),
+                up: cl(&l.up),
+                down: cl(&l.down),
+            })
+            .collect();
+        LlamaModel::new(
+            self.cfg.clone(),
+            self.embed.cast(),
+            layers,
+            c(&self.final_norm),
+            self.lm_head.as_ref().map(Weights::cast),
+        )
+    }
+}
