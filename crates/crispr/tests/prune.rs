@@ -63,9 +63,18 @@ fn round_trip(input: &Path, out_name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join(out_name);
     write_pruned(&loaded.format, &rows, &out).unwrap();
-    let reloaded = crispr::loader::load(&out).unwrap();
+    let mut reloaded = crispr::loader::load(&out).unwrap();
     let on_disk = all_scores(reloaded.model.as_ref(), &encs);
     assert_eq!(on_disk, in_memory, "pruned on disk vs in memory");
+    for n in &neurons {
+        let (w, b) = reloaded.model.prune_target(n.site).row(n.row);
+        assert!(
+            w.iter().all(|&x| x == 0.0) && b.is_none_or(|b| b == 0.0),
+            "site {} row {} is zero on disk",
+            n.site,
+            n.row
+        );
+    }
 
     pruned.restore(loaded.model.as_mut());
     assert_eq!(all_scores(loaded.model.as_ref(), &encs), original, "restore is exact");
@@ -131,6 +140,11 @@ fn gguf_export_changes_only_pruned_rows() {
 #[test]
 fn checkpoint_prune_round_trip_with_biases() {
     round_trip(&common::fixtures().join("tiny").join("qwen2"), "pruned-qwen2");
+}
+
+#[test]
+fn checkpoint_prune_round_trip_qwen3() {
+    round_trip(&common::fixtures().join("tiny").join("qwen3"), "pruned-qwen3");
 }
 
 /// A tiny T5 checkpoint with deterministic weights: the relu, tied-head variant of the T5 fixtures

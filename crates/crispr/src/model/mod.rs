@@ -1,9 +1,9 @@
 //! Model definitions: configuration, module naming, and the per-family forward/backward code.
 
+pub mod kernels;
 pub mod linear;
 pub mod llama;
 pub mod logits;
-pub mod ops;
 pub mod registry;
 pub mod t5;
 

@@ -10,6 +10,11 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
 }
 
+/// A decoder-only fixture as the engine's concrete type (for the API beyond the trait).
+pub fn load_decoder(dir: &std::path::Path) -> (crispr::model::llama::LlamaModel<f32>, crispr::text::TextCodec) {
+    crispr::loader::load_llama(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
 /// All f32 tensors of a safetensors file, with their shapes.
 pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -8,16 +8,21 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
+use crate::model::kernels::GateAct;
 use crate::model::{check_limits, check_positive_finite, MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 
 /// Which member of the Llama family a checkpoint is; they differ only in details the loader and
-/// the forward pass need to know (biases, sliding window, naming in `info`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// the forward pass need to know (biases, sliding window, q/k norms, naming in `info`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
+    #[default]
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
+    /// A family in its own folder that runs on this engine with options (its name).
+    Other(&'static str),
 }
 
 impl Arch {
@@ -26,18 +31,22 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Other(name) => name,
         }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub enum RopeScaling {
+    /// Every frequency divided by `factor` (transformers' `linear`; Gemma 3's global layers).
+    Linear { factor: f64 },
     /// Llama 3.1 frequency-dependent scaling.
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: usize },
 }
 
 /// Hyper-parameters of a Llama-family decoder.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct LlamaConfig {
     pub arch: Arch,
     pub vocab_size: usize,
@@ -55,6 +64,52 @@ pub struct LlamaConfig {
     pub sliding_window: Option<usize>,
     pub attention_bias: bool,
     pub max_position_embeddings: usize,
+    /// Per-head RMS norm of q and k before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Sandwich norms (Gemma): the attention and FFN outputs are normalised before they join the
+    /// residual stream, and the FFN's input norm is `pre_feedforward_layernorm`.
+    pub post_norms: bool,
+    /// The gate's nonlinearity.
+    pub activation: GateAct,
+    /// Embeddings are multiplied by this (Gemma: √hidden_size); 1 elsewhere.
+    pub embed_scale: f64,
+    /// Attention logits are `q·k` times this: 1/√head_dim, or Gemma's `query_pre_attn_scalar`^-½.
+    pub attn_scale: f64,
+    /// Attention logit soft-cap (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// Final logit soft-cap (Gemma 2, Gemma 3 where set).
+    pub final_softcap: Option<f64>,
+    /// Which layers use `sliding_window` (Gemma alternates local and global layers); `None`:
+    /// every layer.
+    pub sliding_layers: Option<Vec<bool>>,
+    /// RoPE base of the sliding-window layers when it differs from `rope_theta` (Gemma 3).
+    pub local_rope_theta: Option<f64>,
+}
+
+impl LlamaConfig {
+    /// The options every Llama-family member shares (no q/k norms, SwiGLU, 1/√head_dim, no caps),
+    /// set on a configuration whose sizes are already known.
+    pub fn plain_options(&mut self) {
+        self.qk_norm = false;
+        self.post_norms = false;
+        self.activation = GateAct::Silu;
+        self.embed_scale = 1.0;
+        self.attn_scale = 1.0 / (self.head_dim as f64).sqrt();
+        self.attn_softcap = None;
+        self.final_softcap = None;
+        self.sliding_layers = None;
+        self.local_rope_theta = None;
+    }
+
+    /// Whether layer `l` is a sliding-window (local) layer.
+    pub fn is_sliding(&self, l: usize) -> bool {
+        self.sliding_window.is_some() && self.sliding_layers.as_ref().is_none_or(|s| s.get(l).copied().unwrap_or(false))
+    }
+
+    /// The attention window of layer `l`.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| self.is_sliding(l))
+    }
 }
 
 /// The hooked sites of a Llama-family block, in forward order.
@@ -208,6 +263,25 @@ impl LlamaConfig {
                 self.num_heads, self.num_kv_heads
             ));
         }
+        check_positive_finite(&[("embedding scale", self.embed_scale), ("attention scale", self.attn_scale)])?;
+        for (name, cap) in
+            [("attn_logit_softcapping", self.attn_softcap), ("final_logit_softcapping", self.final_softcap)]
+        {
+            if let Some(c) = cap {
+                check_positive_finite(&[(name, c)])?;
+            }
+        }
+        if let Some(t) = self.local_rope_theta {
+            check_positive_finite(&[("local rope theta", t)])?;
+        }
+        if let Some(s) = &self.sliding_layers {
+            if s.len() != self.num_layers {
+                return Err(format!("{} layer types for {} layers", s.len(), self.num_layers));
+            }
+        }
+        if self.sliding_window == Some(0) {
+            return Err("sliding_window must be positive".into());
+        }
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
         }
@@ -222,6 +296,7 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
         "LlamaForCausalLM" => Some("llama"),
         "MistralForCausalLM" => Some("mistral"),
         "Qwen2ForCausalLM" => Some("qwen2"),
+        "Qwen3ForCausalLM" => Some("qwen3"),
         _ => None,
     };
     let model_type = v.get("model_type").and_then(Json::as_str).unwrap_or_else(|| {
@@ -237,6 +312,7 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
         "llama" => Arch::Llama,
         "mistral" => Arch::Mistral,
         "qwen2" => Arch::Qwen2,
+        "qwen3" => Arch::Qwen3,
         "t5" => return Err(Error::format(
             path,
             "T5 is an encoder-decoder model: load it with loader::load or loader::load_t5, not as a Llama-family model",
@@ -244,7 +320,7 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
         other => {
             return Err(Error::format(
                 path,
-                format!("unknown architecture model_type={other:?} (supported: llama, mistral, qwen2)"),
+                format!("unknown architecture model_type={other:?} (supported: llama, mistral, qwen2, qwen3)"),
             ))
         }
     };
@@ -270,6 +346,12 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
             let ty = r.get("rope_type").or_else(|| r.get("type")).and_then(Json::as_str).unwrap_or("default");
             match ty {
                 "default" => None,
+                "linear" => {
+                    let factor = r.get("factor").and_then(Json::as_f64).filter(|f| f.is_finite() && *f > 0.0);
+                    let factor =
+                        factor.ok_or_else(|| Error::format(path, "rope scaling: factor missing or not positive"))?;
+                    Some(RopeScaling::Linear { factor })
+                }
                 "llama3" => {
                     let f = |k: &str| {
                         r.get(k)
@@ -289,15 +371,15 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
     };
     let sliding_window = match arch {
         Arch::Mistral => opt_usize("sliding_window"),
-        Arch::Qwen2 if v.get("use_sliding_window").and_then(Json::as_bool) == Some(true) => {
-            return Err(Error::format(path, "Qwen2 with use_sliding_window=true is not supported"))
+        Arch::Qwen2 | Arch::Qwen3 if v.get("use_sliding_window").and_then(Json::as_bool) == Some(true) => {
+            return Err(Error::format(path, format!("{model_type} with use_sliding_window=true is not supported")))
         }
         _ => None,
     };
     if v.get("mlp_bias").and_then(Json::as_bool) == Some(true) {
         return Err(Error::format(path, "mlp_bias=true is not supported"));
     }
-    let cfg = LlamaConfig {
+    let mut cfg = LlamaConfig {
         arch,
         vocab_size: get_usize("vocab_size")?,
         hidden_size: hidden,
@@ -314,7 +396,10 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
         sliding_window,
         attention_bias: arch == Arch::Qwen2 || v.get("attention_bias").and_then(Json::as_bool).unwrap_or(false),
         max_position_embeddings: opt_usize("max_position_embeddings").unwrap_or(4096),
+        ..LlamaConfig::default()
     };
+    cfg.plain_options();
+    cfg.qk_norm = arch == Arch::Qwen3;
     cfg.validate().map_err(|m| Error::format(path, m))?;
     Ok(cfg)
 }
@@ -352,7 +437,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
     };
     let vocab =
         usize::try_from(vocab).map_err(|_| Error::format(path, format!("vocabulary size {vocab} is too large")))?;
-    let cfg = LlamaConfig {
+    let mut cfg = LlamaConfig {
         arch,
         vocab_size: vocab,
         hidden_size: hidden,
@@ -371,7 +456,9 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
         sliding_window: None,
         attention_bias: file.tensor("blk.0.attn_q.bias").is_some(),
         max_position_embeddings: file.get(&key("context_length")).and_then(Value::as_u64).unwrap_or(4096) as usize,
+        ..LlamaConfig::default()
     };
+    cfg.plain_options();
     cfg.validate().map_err(|m| Error::format(path, m))?;
     Ok(cfg)
 }

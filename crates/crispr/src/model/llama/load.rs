@@ -20,8 +20,8 @@ use super::config::{config_from_gguf, config_from_hf};
 /// The registry entry of the Llama family.
 pub static LOADER: FamilyLoader = FamilyLoader {
     name: "llama",
-    model_types: &["llama", "mistral", "qwen2"],
-    architectures: &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"],
+    model_types: &["llama", "mistral", "qwen2", "qwen3"],
+    architectures: &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"],
     gguf_architectures: &["llama", "qwen2"],
     load_checkpoint,
     inspect_checkpoint,
@@ -99,6 +99,14 @@ pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Preci
         ));
     }
     let embed = keep(src.read(Role::Embed, &[v, d])?);
+    // A vector the configuration's options call for (else none).
+    let optional = |wanted: bool, role: Role, len: usize| -> Result<Vec<f32>> {
+        if wanted {
+            src.read(role, &[len])
+        } else {
+            Ok(Vec::new())
+        }
+    };
     let mut layers = Vec::new();
     for l in 0..cfg.num_layers {
         let lin = |p: Proj| -> Result<Linear<f32>> {
@@ -113,10 +121,14 @@ pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Preci
             k: lin(Proj::K)?,
             v: lin(Proj::V)?,
             o: lin(Proj::O)?,
-            mlp_norm: src.read(Role::MlpNorm(l), &[d])?,
+            mlp_norm: src.read(if cfg.post_norms { Role::PreMlpNorm(l) } else { Role::MlpNorm(l) }, &[d])?,
             gate: lin(Proj::Gate)?,
             up: lin(Proj::Up)?,
             down: lin(Proj::Down)?,
+            q_norm: optional(cfg.qk_norm, Role::QNorm(l), cfg.head_dim)?,
+            k_norm: optional(cfg.qk_norm, Role::KNorm(l), cfg.head_dim)?,
+            post_attn_norm: optional(cfg.post_norms, Role::PostAttnNorm(l), d)?,
+            post_mlp_norm: optional(cfg.post_norms, Role::PostMlpNorm(l), d)?,
         });
     }
     let final_norm = src.read(Role::FinalNorm, &[d])?;
@@ -165,6 +177,10 @@ impl<F: Float> LlamaModel<F> {
                 gate: cl(&l.gate),
                 up: cl(&l.up),
                 down: cl(&l.down),
+                q_norm: c(&l.q_norm),
+                k_norm: c(&l.k_norm),
+                post_attn_norm: c(&l.post_attn_norm),
+                post_mlp_norm: c(&l.post_mlp_norm),
             })
             .collect();
         LlamaModel::new(

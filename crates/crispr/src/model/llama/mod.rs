@@ -1,6 +1,7 @@
-//! Decoder-only transformers of the Llama family (Llama 2/3, SmolLM2, Mistral, Qwen2).
+//! The decoder-only engine: Llama 2/3, SmolLM2, Mistral, Qwen2/Qwen3, and the families that are
+//! this block with options (Gemma 2/3: sandwich norms, GeGLU, soft-caps, local/global layers).
 //!
-//! Forward and backward are written out by hand. The backward pass returns the gradient of a
+//! Forward and backward are written out by hand from the kernels in [`crate::model::kernels`]. The backward pass returns the gradient of a
 //! scalar objective with respect to every linear output (`q, k, v, o, gate, up, down` of every
 //! layer) in one sweep, and never forms a weight gradient.
 //!
@@ -12,15 +13,16 @@ pub mod config;
 pub mod load;
 pub mod scoring;
 
-use rayon::prelude::*;
-
 pub use load::LOADER;
 
+use crate::model::kernels::attention::join_tables;
+use crate::model::kernels::{
+    attention, attention_backward, gated, gated_backward, rms_norm, rms_norm_backward, AttnSpec, AttnTrace, RopeTable,
+};
 use crate::model::linear::Weights;
-use crate::model::ops::{rms_norm, rms_norm_backward, softmax_in_place};
-use crate::model::{Family, LanguageModel, Linear, LlamaConfig, ModuleId, Proj, RopeScaling, SiteInfo, Universe};
+use crate::model::{Family, LanguageModel, Linear, LlamaConfig, ModuleId, Proj, SiteInfo, Universe};
 pub use crate::model::{ForwardHook, GradVisitor};
-use crate::tensor::{matmul_serial, Float, Mat, MatMut};
+use crate::tensor::Float;
 
 #[derive(Clone, Debug)]
 pub struct Layer<F> {
@@ -33,6 +35,12 @@ pub struct Layer<F> {
     pub gate: Linear<F>,
     pub up: Linear<F>,
     pub down: Linear<F>,
+    /// Per-head norms of q and k (`[head_dim]`; empty without `qk_norm`).
+    pub q_norm: Vec<F>,
+    pub k_norm: Vec<F>,
+    /// Norms of the attention and FFN outputs (`[hidden]`; empty without `post_norms`).
+    pub post_attn_norm: Vec<F>,
+    pub post_mlp_norm: Vec<F>,
 }
 
 impl<F> Layer<F> {
@@ -72,6 +80,8 @@ pub struct LlamaModel<F> {
     /// `None` when the output projection is tied to the embedding.
     pub lm_head: Option<Weights<F>>,
     rope: RopeTable,
+    /// The sliding-window layers' table when their RoPE base differs (Gemma 3).
+    rope_local: Option<RopeTable>,
     sites: Vec<SiteInfo>,
 }
 
@@ -122,17 +132,22 @@ struct LayerTrace<F> {
     q: Vec<F>,
     k: Vec<F>,
     v: Vec<F>,
+    /// 1/rms of every head row of q and k (empty without `qk_norm`).
+    inv_q: Vec<F>,
+    inv_k: Vec<F>,
     q_rot: Vec<F>,
     k_rot: Vec<F>,
-    /// Attention probabilities `[heads × tokens × tokens]`.
-    probs: Vec<F>,
+    /// Attention probabilities (and capped logits) `[heads × tokens × tokens]`.
+    attn: AttnTrace<F>,
     o: Vec<F>,
+    inv_post_attn: Vec<F>,
     x_mid: Vec<F>,
     inv_rms2: Vec<F>,
     gate: Vec<F>,
     up: Vec<F>,
     act: Vec<F>,
     down: Vec<F>,
+    inv_post_mlp: Vec<F>,
 }
 
 impl<F: Float> LlamaModel<F> {
@@ -143,7 +158,9 @@ impl<F: Float> LlamaModel<F> {
         final_norm: Vec<F>,
         lm_head: Option<Weights<F>>,
     ) -> Self {
-        let rope = RopeTable::new(&cfg);
+        let positions = cfg.max_position_embeddings;
+        let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, positions);
+        let rope_local = cfg.local_rope_theta.map(|theta| RopeTable::new(cfg.head_dim, theta, None, positions));
         let sites = (0..cfg.num_layers * Proj::SITES.len())
             .map(|i| {
                 let id = ModuleId::from_index(i);
@@ -168,7 +185,26 @@ impl<F: Float> LlamaModel<F> {
                 }
             })
             .collect();
-        LlamaModel { cfg, embed, layers, final_norm, lm_head, rope, sites }
+        LlamaModel { cfg, embed, layers, final_norm, lm_head, rope, rope_local, sites }
+    }
+
+    fn rope_of(&self, layer: usize) -> &RopeTable {
+        match &self.rope_local {
+            Some(local) if self.cfg.is_sliding(layer) => local,
+            _ => &self.rope,
+        }
+    }
+
+    fn attn_spec(&self, layer: usize) -> AttnSpec {
+        let cfg = &self.cfg;
+        AttnSpec {
+            heads: cfg.num_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            scale: cfg.attn_scale,
+            window: cfg.window(layer),
+            softcap: cfg.attn_softcap,
+        }
     }
 
     pub fn new_cache(&self) -> KvCache<F> {
@@ -190,6 +226,11 @@ impl<F: Float> LlamaModel<F> {
         for &t in tokens {
             let t = t as usize;
             self.embed.extend_with_row(&mut x, t, d);
+        }
+        if self.cfg.embed_scale != 1.0 {
+            // Gemma multiplies by √hidden rounded to the activation type, as transformers does.
+            let s = F::from_f64(self.cfg.embed_scale);
+            x.iter_mut().for_each(|v| *v *= s);
         }
         x
     }
@@ -232,34 +273,31 @@ impl<F: Float> LlamaModel<F> {
             .iter()
             .zip(&tail.layers)
             .map(|(h, t)| {
-                // Head rows see `a` keys, tail rows all `n`; pad head rows with zero probability.
-                let mut probs = vec![F::ZERO; nh * n * n];
-                for head_idx in 0..nh {
-                    for i in 0..a {
-                        let src = &h.probs[head_idx * a * a + i * a..head_idx * a * a + (i + 1) * a];
-                        probs[head_idx * n * n + i * n..head_idx * n * n + i * n + a].copy_from_slice(src);
-                    }
-                    for i in 0..b {
-                        let src = &t.probs[head_idx * b * n + i * n..head_idx * b * n + (i + 1) * n];
-                        probs[head_idx * n * n + (a + i) * n..head_idx * n * n + (a + i + 1) * n].copy_from_slice(src);
-                    }
-                }
+                // Head rows see `a` keys, tail rows all `n`; head rows are padded with zero probability.
+                let attn = AttnTrace {
+                    probs: join_tables(nh, a, b, &h.attn.probs, &t.attn.probs),
+                    caps: join_tables(nh, a, b, &h.attn.caps, &t.attn.caps),
+                };
                 LayerTrace {
                     x_in: cat(&h.x_in, &t.x_in),
                     inv_rms1: cat(&h.inv_rms1, &t.inv_rms1),
                     q: cat(&h.q, &t.q),
                     k: cat(&h.k, &t.k),
                     v: cat(&h.v, &t.v),
+                    inv_q: cat(&h.inv_q, &t.inv_q),
+                    inv_k: cat(&h.inv_k, &t.inv_k),
                     q_rot: cat(&h.q_rot, &t.q_rot),
                     k_rot: cat(&h.k_rot, &t.k_rot),
-                    probs,
+                    attn,
                     o: cat(&h.o, &t.o),
+                    inv_post_attn: cat(&h.inv_post_attn, &t.inv_post_attn),
                     x_mid: cat(&h.x_mid, &t.x_mid),
                     inv_rms2: cat(&h.inv_rms2, &t.inv_rms2),
                     gate: cat(&h.gate, &t.gate),
                     up: cat(&h.up, &t.up),
                     act: cat(&h.act, &t.act),
                     down: cat(&h.down, &t.down),
+                    inv_post_mlp: cat(&h.inv_post_mlp, &t.inv_post_mlp),
                 }
             })
             .collect();
@@ -331,89 +369,54 @@ impl<F: Float> LlamaModel<F> {
         let mut v = layer.v.forward(&h, n);
         apply(Proj::V, &mut v);
 
-        let mut q_rot = q.clone();
-        self.rope.apply(&mut q_rot, n, cfg.num_heads, cfg.head_dim, pos0, false);
-        let mut k_rot = k.clone();
-        self.rope.apply(&mut k_rot, n, cfg.num_kv_heads, cfg.head_dim, pos0, false);
+        // Qwen3 / Gemma 3: each head's q and k are RMS-normalised before the rotation.
+        let ((mut q_rot, inv_q), (mut k_rot, inv_k)) = if cfg.qk_norm {
+            (rms_norm(&q, &layer.q_norm, cfg.rms_norm_eps), rms_norm(&k, &layer.k_norm, cfg.rms_norm_eps))
+        } else {
+            ((q.clone(), Vec::new()), (k.clone(), Vec::new()))
+        };
+        let rope = self.rope_of(l);
+        rope.apply(&mut q_rot, n, cfg.num_heads, cfg.head_dim, pos0, false);
+        rope.apply(&mut k_rot, n, cfg.num_kv_heads, cfg.head_dim, pos0, false);
         k_cache.extend_from_slice(&k_rot);
         v_cache.extend_from_slice(&v);
 
-        let (attn, probs) = self.attention(&q_rot, k_cache, v_cache, n, pos0);
-        let mut o = layer.o.forward(&attn, n);
+        let (heads_out, attn) = attention(&self.attn_spec(l), &q_rot, k_cache, v_cache, n, pos0);
+        let mut o = layer.o.forward(&heads_out, n);
         apply(Proj::O, &mut o);
-        for (xi, oi) in x.iter_mut().zip(&o) {
-            *xi += *oi;
-        }
+        let inv_post_attn = add_residual(x, &o, &layer.post_attn_norm, cfg.rms_norm_eps);
         let x_mid = x.to_vec();
         let (h2, inv_rms2) = rms_norm(x, &layer.mlp_norm, cfg.rms_norm_eps);
         let mut gate = layer.gate.forward(&h2, n);
         apply(Proj::Gate, &mut gate);
         let mut up = layer.up.forward(&h2, n);
         apply(Proj::Up, &mut up);
-        let mut act: Vec<F> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
+        let mut act = gated(cfg.activation, &gate, &up);
         apply(Proj::Act, &mut act);
         let mut down = layer.down.forward(&act, n);
         apply(Proj::Down, &mut down);
-        for (xi, di) in x.iter_mut().zip(&down) {
-            *xi += *di;
+        let inv_post_mlp = add_residual(x, &down, &layer.post_mlp_norm, cfg.rms_norm_eps);
+        LayerTrace {
+            x_in,
+            inv_rms1,
+            q,
+            k,
+            v,
+            inv_q,
+            inv_k,
+            q_rot,
+            k_rot,
+            attn,
+            o,
+            inv_post_attn,
+            x_mid,
+            inv_rms2,
+            gate,
+            up,
+            act,
+            down,
+            inv_post_mlp,
         }
-        LayerTrace { x_in, inv_rms1, q, k, v, q_rot, k_rot, probs, o, x_mid, inv_rms2, gate, up, act, down }
-    }
-
-    /// Causal (optionally sliding-window) grouped-query attention of `n` new queries over all
-    /// cached keys. Returns the concatenated head outputs `[n × heads·head_dim]` and the
-    /// probabilities `[heads × n × keys]`.
-    fn attention(&self, q: &[F], k: &[F], v: &[F], n: usize, pos0: usize) -> (Vec<F>, Vec<F>) {
-        let cfg = &self.cfg;
-        let (nh, hd) = (cfg.num_heads, cfg.head_dim);
-        let group = nh / cfg.num_kv_heads;
-        let kvw = cfg.num_kv_heads * hd;
-        let keys = k.len() / kvw;
-        let scale = F::from_f64(1.0 / (hd as f64).sqrt());
-        let window = cfg.sliding_window;
-        let per_head: Vec<(Vec<F>, Vec<F>)> = (0..nh)
-            .into_par_iter()
-            .map(|h| {
-                let kvh = h / group;
-                let mut s = vec![F::ZERO; n * keys];
-                matmul_serial(
-                    MatMut::rows(&mut s, n, keys),
-                    Mat::strided(q, h * hd, n, hd, nh * hd, 1),
-                    Mat::strided(k, kvh * hd, keys, hd, kvw, 1).transpose(),
-                    scale,
-                    false,
-                );
-                for i in 0..n {
-                    let row = &mut s[i * keys..(i + 1) * keys];
-                    let qpos = pos0 + i;
-                    for (j, val) in row.iter_mut().enumerate() {
-                        let visible = j <= qpos && window.is_none_or(|w| qpos - j < w);
-                        if !visible {
-                            *val = F::NEG_INFINITY;
-                        }
-                    }
-                    softmax_in_place(row);
-                }
-                let mut out = vec![F::ZERO; n * hd];
-                matmul_serial(
-                    MatMut::rows(&mut out, n, hd),
-                    Mat::rows(&s, n, keys),
-                    Mat::strided(v, kvh * hd, keys, hd, kvw, 1),
-                    F::ONE,
-                    false,
-                );
-                (out, s)
-            })
-            .collect();
-        let mut attn = vec![F::ZERO; n * nh * hd];
-        let mut probs = Vec::with_capacity(nh * n * keys);
-        for (h, (out, p)) in per_head.into_iter().enumerate() {
-            for i in 0..n {
-                attn[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&out[i * hd..(i + 1) * hd]);
-            }
-            probs.extend_from_slice(&p);
-        }
-        (attn, probs)
     }
 
     /// Logits `[rows × vocab]` for the given rows of a final-norm output.
@@ -424,7 +427,13 @@ impl<F: Float> LlamaModel<F> {
             sel.extend_from_slice(&hidden[r * d..(r + 1) * d]);
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        head.linear(&sel, rows.len(), None, self.cfg.vocab_size)
+        let mut logits = head.linear(&sel, rows.len(), None, self.cfg.vocab_size);
+        if let Some(cap) = self.cfg.final_softcap {
+            // Gemma 2: logits ← cap · tanh(logits / cap).
+            let c = F::from_f64(cap);
+            logits.iter_mut().for_each(|z| *z = c * (*z / c).tanh());
+        }
+        logits
     }
 
     /// Backward pass. `d_logits` is the gradient with respect to the logits of `rows` (as returned
@@ -434,6 +443,18 @@ impl<F: Float> LlamaModel<F> {
         let (n, d) = (trace.tokens, cfg.hidden_size);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut d_sel = vec![F::ZERO; rows.len() * d];
+        let capped;
+        let d_logits = match cfg.final_softcap {
+            None => d_logits,
+            Some(cap) => {
+                // d/dz [c·tanh(z/c)] = 1 − tanh², with tanh = capped logit / c.
+                let c = F::from_f64(cap);
+                let logits = self.logits(&trace.hidden, rows);
+                capped =
+                    d_logits.iter().zip(&logits).map(|(&g, &y)| g * (F::ONE - (y / c) * (y / c))).collect::<Vec<F>>();
+                &capped[..]
+            }
+        };
         head.backward_into(&mut d_sel, d_logits, rows.len(), cfg.vocab_size);
         let mut d_hidden = vec![F::ZERO; n * d];
         for (i, &r) in rows.iter().enumerate() {
@@ -452,20 +473,13 @@ impl<F: Float> LlamaModel<F> {
         let cfg = &self.cfg;
         let layer = &self.layers[l];
         let id = |proj| ModuleId { layer: l, proj }.index();
-        // MLP: x_out = x_mid + down(silu(gate) ⊙ up)
-        let d_down = dx.to_vec();
+        // MLP: x_out = x_mid + [post_norm](down(act(gate) ⊙ up))
+        let d_down = residual_grad(dx, &t.down, &t.inv_post_mlp, &layer.post_mlp_norm);
         visit(id(Proj::Down), &t.down, &d_down);
         let mut d_act = vec![F::ZERO; n * cfg.intermediate_size];
         layer.down.backward_into(&mut d_act, &d_down, n);
         visit(id(Proj::Act), &t.act, &d_act);
-        let mut d_gate = vec![F::ZERO; d_act.len()];
-        let mut d_up = vec![F::ZERO; d_act.len()];
-        for i in 0..d_act.len() {
-            let g = t.gate[i];
-            let sig = sigmoid(g);
-            d_up[i] = d_act[i] * g * sig;
-            d_gate[i] = d_act[i] * t.up[i] * sig * (F::ONE + g * (F::ONE - sig));
-        }
+        let (d_gate, d_up) = gated_backward(cfg.activation, &d_act, &t.gate, &t.up);
         visit(id(Proj::Gate), &t.gate, &d_gate);
         visit(id(Proj::Up), &t.up, &d_up);
         let mut d_h2 = vec![F::ZERO; n * cfg.hidden_size];
@@ -473,14 +487,24 @@ impl<F: Float> LlamaModel<F> {
         layer.up.backward_into(&mut d_h2, &d_up, n);
         rms_norm_backward(dx, &d_h2, &t.x_mid, &t.inv_rms2, &layer.mlp_norm);
 
-        // Attention: x_mid = x_in + o(attn(rope(q), rope(k), v))
-        let d_o = dx.to_vec();
+        // Attention: x_mid = x_in + [post_norm](o(attn(rope([norm](q)), rope([norm](k)), v)))
+        let d_o = residual_grad(dx, &t.o, &t.inv_post_attn, &layer.post_attn_norm);
         visit(id(Proj::O), &t.o, &d_o);
         let mut d_attn = vec![F::ZERO; n * cfg.num_heads * cfg.head_dim];
         layer.o.backward_into(&mut d_attn, &d_o, n);
-        let (mut dq, mut dk, dv) = self.attention_backward(t, &d_attn, n);
-        self.rope.apply(&mut dq, n, cfg.num_heads, cfg.head_dim, 0, true);
-        self.rope.apply(&mut dk, n, cfg.num_kv_heads, cfg.head_dim, 0, true);
+        let (mut dq, mut dk, dv) =
+            attention_backward(&self.attn_spec(l), &t.attn, &t.q_rot, &t.k_rot, &t.v, &d_attn, n);
+        let rope = self.rope_of(l);
+        rope.apply(&mut dq, n, cfg.num_heads, cfg.head_dim, 0, true);
+        rope.apply(&mut dk, n, cfg.num_kv_heads, cfg.head_dim, 0, true);
+        if cfg.qk_norm {
+            let mut dq_in = vec![F::ZERO; dq.len()];
+            rms_norm_backward(&mut dq_in, &dq, &t.q, &t.inv_q, &layer.q_norm);
+            dq = dq_in;
+            let mut dk_in = vec![F::ZERO; dk.len()];
+            rms_norm_backward(&mut dk_in, &dk, &t.k, &t.inv_k, &layer.k_norm);
+            dk = dk_in;
+        }
         visit(id(Proj::Q), &t.q, &dq);
         visit(id(Proj::K), &t.k, &dk);
         visit(id(Proj::V), &t.v, &dv);
@@ -490,157 +514,29 @@ impl<F: Float> LlamaModel<F> {
         layer.v.backward_into(&mut d_h, &dv, n);
         rms_norm_backward(dx, &d_h, &t.x_in, &t.inv_rms1, &layer.attn_norm);
     }
+}
 
-    /// Gradients of the attention inputs (rotated q and k, and v) from that of its output.
-    fn attention_backward(&self, t: &LayerTrace<F>, d_attn: &[F], n: usize) -> (Vec<F>, Vec<F>, Vec<F>) {
-        let cfg = &self.cfg;
-        let (nh, hd) = (cfg.num_heads, cfg.head_dim);
-        let group = nh / cfg.num_kv_heads;
-        let kvw = cfg.num_kv_heads * hd;
-        let scale = F::from_f64(1.0 / (hd as f64).sqrt());
-        let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..nh)
-            .into_par_iter()
-            .map(|h| {
-                let kvh = h / group;
-                let p = &t.probs[h * n * n..(h + 1) * n * n];
-                let d_out = Mat::strided(d_attn, h * hd, n, hd, nh * hd, 1);
-                // dV = Pᵀ dO
-                let mut dv = vec![F::ZERO; n * hd];
-                matmul_serial(MatMut::rows(&mut dv, n, hd), Mat::rows(p, n, n).transpose(), d_out, F::ONE, false);
-                // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale
-                let mut ds = vec![F::ZERO; n * n];
-                matmul_serial(
-                    MatMut::rows(&mut ds, n, n),
-                    d_out,
-                    Mat::strided(&t.v, kvh * hd, n, hd, kvw, 1).transpose(),
-                    F::ONE,
-                    false,
-                );
-                for i in 0..n {
-                    let prow = &p[i * n..(i + 1) * n];
-                    let drow = &mut ds[i * n..(i + 1) * n];
-                    let mut dot = F::ZERO;
-                    for (&pv, &dv) in prow.iter().zip(drow.iter()) {
-                        dot += pv * dv;
-                    }
-                    for (dv, &pv) in drow.iter_mut().zip(prow) {
-                        *dv = pv * (*dv - dot) * scale;
-                    }
-                }
-                // dQ = dS K, dK = dSᵀ Q
-                let mut dq = vec![F::ZERO; n * hd];
-                matmul_serial(
-                    MatMut::rows(&mut dq, n, hd),
-                    Mat::rows(&ds, n, n),
-                    Mat::strided(&t.k_rot, kvh * hd, n, hd, kvw, 1),
-                    F::ONE,
-                    false,
-                );
-                let mut dk = vec![F::ZERO; n * hd];
-                matmul_serial(
-                    MatMut::rows(&mut dk, n, hd),
-                    Mat::rows(&ds, n, n).transpose(),
-                    Mat::strided(&t.q_rot, h * hd, n, hd, nh * hd, 1),
-                    F::ONE,
-                    false,
-                );
-                (dq, dk, dv)
-            })
-            .collect();
-        let mut dq = vec![F::ZERO; n * nh * hd];
-        let mut dk = vec![F::ZERO; n * kvw];
-        let mut dv = vec![F::ZERO; n * kvw];
-        for (h, (q_h, k_h, v_h)) in per_head.into_iter().enumerate() {
-            let kvh = h / group;
-            for i in 0..n {
-                dq[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
-                for j in 0..hd {
-                    dk[i * kvw + kvh * hd + j] += k_h[i * hd + j];
-                    dv[i * kvw + kvh * hd + j] += v_h[i * hd + j];
-                }
-            }
-        }
-        (dq, dk, dv)
+/// `x += out`, or `x += rms_norm(out)` when `norm` is non-empty (Gemma's post-norms); returns the
+/// norm's 1/rms per row (empty without a norm).
+fn add_residual<F: Float>(x: &mut [F], out: &[F], norm: &[F], eps: f64) -> Vec<F> {
+    if norm.is_empty() {
+        x.iter_mut().zip(out).for_each(|(xi, &o)| *xi += o);
+        return Vec::new();
     }
+    let (normed, inv) = rms_norm(out, norm, eps);
+    x.iter_mut().zip(&normed).for_each(|(xi, &o)| *xi += o);
+    inv
 }
 
-#[inline]
-fn sigmoid<F: Float>(x: F) -> F {
-    F::ONE / (F::ONE + (-x).exp())
-}
-
-#[inline]
-fn silu<F: Float>(x: F) -> F {
-    x * sigmoid(x)
-}
-
-/// Rotate-half rotary embedding tables, computed in f64.
-#[derive(Clone, Debug)]
-struct RopeTable {
-    inv_freq: Vec<f64>,
-    /// `(cos, sin)` of position `p`, frequency `j` at `p · head_dim/2 + j`.
-    table: Vec<(f64, f64)>,
-}
-
-impl RopeTable {
-    fn new(cfg: &LlamaConfig) -> Self {
-        let dim = cfg.head_dim;
-        let mut inv_freq: Vec<f64> =
-            (0..dim / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
-        if let Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) =
-            cfg.rope_scaling
-        {
-            let old = original_max_position as f64;
-            let low_wavelen = old / low_freq_factor;
-            let high_wavelen = old / high_freq_factor;
-            for f in &mut inv_freq {
-                let wavelen = 2.0 * std::f64::consts::PI / *f;
-                if wavelen > low_wavelen {
-                    *f /= factor;
-                } else if wavelen >= high_wavelen {
-                    let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                    *f = (1.0 - smooth) * *f / factor + smooth * *f;
-                }
-            }
-        }
-        // cos/sin of the first positions, computed once (a forward pass needs them 2 × layers times).
-        let positions = cfg.max_position_embeddings.min(8192);
-        let table = (0..positions)
-            .flat_map(|p| inv_freq.iter().map(move |f| ((p as f64 * f).cos(), (p as f64 * f).sin())))
-            .collect();
-        RopeTable { inv_freq, table }
+/// The gradient reaching a sub-layer's output from the residual gradient `dx`: through the
+/// post-norm when there is one.
+fn residual_grad<F: Float>(dx: &[F], out: &[F], inv: &[F], norm: &[F]) -> Vec<F> {
+    if norm.is_empty() {
+        return dx.to_vec();
     }
-
-    /// Rotate `x` (`[n × heads·head_dim]`, positions `pos0..pos0+n`) in place; `inverse` applies
-    /// the transpose rotation, which is the backward of the forward rotation.
-    fn apply<F: Float>(&self, x: &mut [F], n: usize, heads: usize, head_dim: usize, pos0: usize, inverse: bool) {
-        let half = head_dim / 2;
-        let mut cos = vec![F::ZERO; half];
-        let mut sin = vec![F::ZERO; half];
-        for i in 0..n {
-            let pos = pos0 + i;
-            for j in 0..half {
-                let (c, s) = match self.table.get(pos * half + j) {
-                    Some(&cs) => cs,
-                    None => {
-                        let a = pos as f64 * self.inv_freq[j];
-                        (a.cos(), a.sin())
-                    }
-                };
-                cos[j] = F::from_f64(c);
-                sin[j] = F::from_f64(if inverse { -s } else { s });
-            }
-            for h in 0..heads {
-                let base = i * heads * head_dim + h * head_dim;
-                for j in 0..half {
-                    let a = x[base + j];
-                    let b = x[base + half + j];
-                    x[base + j] = a * cos[j] - b * sin[j];
-                    x[base + half + j] = b * cos[j] + a * sin[j];
-                }
-            }
-        }
-    }
+    let mut d = vec![F::ZERO; dx.len()];
+    rms_norm_backward(&mut d, dx, out, inv, norm);
+    d
 }
 
 impl<F> LlamaModel<F> {
@@ -653,6 +549,10 @@ impl<F> LlamaModel<F> {
             .map(|l| {
                 l.attn_norm.len()
                     + l.mlp_norm.len()
+                    + l.q_norm.len()
+                    + l.k_norm.len()
+                    + l.post_attn_norm.len()
+                    + l.post_mlp_norm.len()
                     + [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(lin).sum::<usize>()
             })
             .sum();
@@ -791,6 +691,8 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
             "tied_embeddings": cfg.tie_word_embeddings,
             "attention_bias": cfg.attention_bias,
             "sliding_window": cfg.sliding_window,
+            "qk_norm": cfg.qk_norm,
+            "activation": cfg.activation,
         })
     }
 }

@@ -25,9 +25,9 @@ use rayon::prelude::*;
 use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
+use crate::model::kernels::{rms_norm, rms_norm_backward, softmax_in_place};
 use crate::model::linear::Weights;
 use crate::model::logits::{argmax, log_prob_of};
-use crate::model::ops::{rms_norm, rms_norm_backward, softmax_in_place};
 use crate::model::{CandidateGradVisitor, Family, LanguageModel, Linear, SiteInfo, Universe};
 pub use crate::model::{ForwardHook, GradVisitor};
 use crate::tensor::{matmul_serial, Float, Mat, MatMut};
