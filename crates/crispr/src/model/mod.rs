@@ -2,10 +2,20 @@
 
 pub mod kernels;
 pub mod linear;
-pub mod llama;
 pub mod logits;
 pub mod registry;
-pub mod t5;
+
+/// Declares each family's folder and lists its [`registry::FamilyLoader`] in [`FAMILIES`].
+macro_rules! families {
+    ($($family:ident),*) => {
+        $(pub mod $family;)*
+        /// Every family's registry entry (`<family>::LOADER`), in the order they are tried.
+        pub static FAMILIES: &[&registry::FamilyLoader] = &[$(&$family::LOADER),*];
+    };
+}
+
+// The families, one name each: a family is its folder under `model/` and its name here.
+families!(llama, t5);
 
 use crate::tensor::Float;
 pub use linear::Linear;

@@ -1,6 +1,6 @@
 //! Which family reads a model: one entry per family, matched on `config.json`'s `model_type`
 //! (then its `architectures`) or on GGUF's `general.architecture`. Adding a family is adding its
-//! folder under `model/` and one line to [`FAMILIES`].
+//! folder under `model/` (with a `LOADER`) and its name to the `families!` line in `model/mod.rs`.
 
 use std::path::Path;
 
@@ -44,8 +44,7 @@ pub struct FamilyLoader {
     pub inspect_gguf: Option<fn(&GgufFile) -> Result<Probed>>,
 }
 
-/// Every family, one line each.
-pub static FAMILIES: &[&FamilyLoader] = &[&crate::model::llama::LOADER, &crate::model::t5::LOADER];
+pub use crate::model::FAMILIES;
 
 fn supported(list: impl Fn(&FamilyLoader) -> &'static [&'static str]) -> String {
     FAMILIES.iter().flat_map(|f| list(f).iter().copied()).collect::<Vec<_>>().join(", ")
