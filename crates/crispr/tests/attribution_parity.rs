@@ -114,6 +114,16 @@ fn qwen3_matches_reference() {
 }
 
 #[test]
+fn gemma2_matches_reference() {
+    check_new_family("gemma2");
+}
+
+#[test]
+fn gemma3_matches_reference() {
+    check_new_family("gemma3");
+}
+
+#[test]
 fn default_settings_match_reference() {
     check(Settings::default(), "default_linear");
 }

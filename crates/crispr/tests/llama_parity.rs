@@ -87,6 +87,16 @@ fn qwen3_with_qk_norm_matches_transformers() {
 }
 
 #[test]
+fn gemma2_with_softcaps_and_local_layers_matches_transformers() {
+    check_family("gemma2");
+}
+
+#[test]
+fn gemma3_with_qk_norm_and_local_rope_matches_transformers() {
+    check_family("gemma3");
+}
+
+#[test]
 fn prefix_reusing_batch_scoring_equals_independent_scoring() {
     let dir = fixtures().join("tiny").join("mistral");
     let (model, text) = crispr::loader::load_llama(&dir).unwrap();

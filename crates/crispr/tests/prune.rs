@@ -147,6 +147,13 @@ fn checkpoint_prune_round_trip_qwen3() {
     round_trip(&common::fixtures().join("tiny").join("qwen3"), "pruned-qwen3");
 }
 
+#[test]
+fn checkpoint_prune_round_trip_gemma() {
+    for family in ["gemma2", "gemma3"] {
+        round_trip(&common::fixtures().join("tiny").join(family), &format!("pruned-{family}"));
+    }
+}
+
 /// A tiny T5 checkpoint with deterministic weights: the relu, tied-head variant of the T5 fixtures
 /// (original T5) or the same shape with a gated-GELU FFN and its own head (T5 v1.1, Flan-T5), so
 /// that both FFN layouts (`wi`; `wi_0`/`wi_1`) are pruned and exported.

@@ -15,7 +15,7 @@ macro_rules! families {
 }
 
 // The families, one name each: a family is its folder under `model/` and its name here.
-families!(llama, t5);
+families!(llama, t5, gemma);
 
 use crate::tensor::Float;
 pub use linear::Linear;
