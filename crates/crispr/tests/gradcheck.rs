@@ -105,7 +105,10 @@ fn gemma3_gradients_match_finite_differences() {
 /// sandwich norms, GeGLU, scaled embeddings, a custom query scale, both soft-caps, one local and
 /// one global layer with their own RoPE bases, linear RoPE scaling, a window shorter than the
 /// sequence), so that each option's backward is checked whether or not a fixture family uses it.
-fn every_option_model() -> LlamaModel<f64> {
+///
+/// With `fused`, q/k/v and gate/up are single matrices (Phi-3's layout): hooked, differentiated
+/// and visited as one site each.
+fn every_option_model(fused: bool) -> LlamaModel<f64> {
     use crispr::model::kernels::GateAct;
     use crispr::model::linear::Weights;
     use crispr::model::llama::Layer;
@@ -135,6 +138,7 @@ fn every_option_model() -> LlamaModel<f64> {
         final_softcap: Some(4.0),
         sliding_layers: Some(vec![true, false]),
         local_rope_theta: Some(100.0),
+        fused,
     };
     cfg.validate().unwrap();
     let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -156,13 +160,21 @@ fn every_option_model() -> LlamaModel<f64> {
         in_dim,
     };
     let layers = (0..2)
-        .map(|_| Layer {
-            q: lin(q, d),
-            k: lin(kv, d),
-            v: lin(kv, d),
+        .map(|_| {
+            let (q, k, v) =
+                if fused { (lin(q + 2 * kv, d), lin(0, d), lin(0, d)) } else { (lin(q, d), lin(kv, d), lin(kv, d)) };
+            let (gate, up) = if fused { (lin(2 * f, d), lin(0, d)) } else { (lin(f, d), lin(f, d)) };
+            (q, k, v, gate, up)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(q_, k, v, gate, up)| Layer {
+            q: q_,
+            k,
+            v,
             o: lin(d, q),
-            gate: lin(f, d),
-            up: lin(f, d),
+            gate,
+            up,
             down: lin(d, f),
             attn_norm: vec![1.1; d],
             mlp_norm: vec![0.9; d],
@@ -179,5 +191,13 @@ fn every_option_model() -> LlamaModel<f64> {
 
 #[test]
 fn every_engine_option_matches_finite_differences() {
-    check_model("every-option", &every_option_model());
+    check_model("every-option", &every_option_model(false));
+}
+
+#[test]
+fn fused_projections_match_finite_differences() {
+    let model = every_option_model(true);
+    let kinds: Vec<&str> = model.sites().iter().map(|s| s.kind).collect();
+    assert_eq!(kinds[..5], ["qkv", "o", "gate_up", "act", "down"]);
+    check_model("fused", &model);
 }

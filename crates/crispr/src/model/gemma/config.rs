@@ -140,6 +140,7 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
         final_softcap: cap("final_logit_softcapping", softcaps.1),
         sliding_layers: Some(sliding_layers),
         local_rope_theta: local.map(|(theta, _)| theta),
+        fused: false,
     };
     cfg.validate().map_err(err)?;
     Ok(cfg)

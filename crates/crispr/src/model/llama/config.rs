@@ -84,6 +84,8 @@ pub struct LlamaConfig {
     pub sliding_layers: Option<Vec<bool>>,
     /// RoPE base of the sliding-window layers when it differs from `rope_theta` (Gemma 3).
     pub local_rope_theta: Option<f64>,
+    /// q/k/v and gate/up are single fused matrices (Phi-3): hooked, pruned and named as such.
+    pub fused: bool,
 }
 
 impl LlamaConfig {
@@ -99,6 +101,7 @@ impl LlamaConfig {
         self.final_softcap = None;
         self.sliding_layers = None;
         self.local_rope_theta = None;
+        self.fused = false;
     }
 
     /// Whether layer `l` is a sliding-window (local) layer.
@@ -124,6 +127,10 @@ pub enum Proj {
     /// The gated activation `silu(gate) ⊙ up` (input of `down`): the `ffn` universe's units.
     Act,
     Down,
+    /// Fused `[q; k; v]` projection (Phi-3's `qkv_proj`).
+    Qkv,
+    /// Fused `[gate; up]` projection (Phi-3's `gate_up_proj`).
+    GateUp,
 }
 
 impl Proj {
@@ -131,6 +138,10 @@ impl Proj {
     pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
     /// Every hooked site, in forward order.
     pub const SITES: [Proj; 8] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Act, Proj::Down];
+    /// The linear layers of a model with fused projections, in forward order.
+    pub const FUSED_ALL: [Proj; 4] = [Proj::Qkv, Proj::O, Proj::GateUp, Proj::Down];
+    /// Every hooked site of a model with fused projections, in forward order.
+    pub const FUSED_SITES: [Proj; 5] = [Proj::Qkv, Proj::O, Proj::GateUp, Proj::Act, Proj::Down];
 
     /// The module path suffix in the transformers naming.
     pub fn hf_suffix(self) -> &'static str {
@@ -143,6 +154,8 @@ impl Proj {
             Proj::Up => "mlp.up_proj",
             Proj::Act => "mlp.act_fn",
             Proj::Down => "mlp.down_proj",
+            Proj::Qkv => "self_attn.qkv_proj",
+            Proj::GateUp => "mlp.gate_up_proj",
         }
     }
 
@@ -156,6 +169,9 @@ impl Proj {
             Proj::Gate => "ffn_gate",
             Proj::Up | Proj::Act => "ffn_up",
             Proj::Down => "ffn_down",
+            Proj::Qkv => "attn_qkv",
+            // llama.cpp stores Phi-3's fused gate and up as `ffn_up`.
+            Proj::GateUp => "ffn_up",
         }
     }
 }
@@ -179,17 +195,8 @@ impl ModuleId {
         let rest = s.strip_prefix("model.layers.")?;
         let (layer, suffix) = rest.split_once('.')?;
         let layer = layer.parse().ok()?;
-        let proj = Proj::SITES.into_iter().find(|p| p.hf_suffix() == suffix)?;
+        let proj = Proj::SITES.into_iter().chain(Proj::FUSED_SITES).find(|p| p.hf_suffix() == suffix)?;
         Some(ModuleId { layer, proj })
-    }
-
-    /// Index in the model's site table (see [`LanguageModel::sites`]).
-    pub fn index(self) -> usize {
-        self.layer * Proj::SITES.len() + Proj::SITES.iter().position(|&p| p == self.proj).expect("site")
-    }
-
-    pub fn from_index(i: usize) -> ModuleId {
-        ModuleId { layer: i / Proj::SITES.len(), proj: Proj::SITES[i % Proj::SITES.len()] }
     }
 }
 
@@ -201,7 +208,39 @@ impl LlamaConfig {
             Proj::K | Proj::V => self.num_kv_heads * self.head_dim,
             Proj::O | Proj::Down => self.hidden_size,
             Proj::Gate | Proj::Up | Proj::Act => self.intermediate_size,
+            Proj::Qkv => (self.num_heads + 2 * self.num_kv_heads) * self.head_dim,
+            Proj::GateUp => 2 * self.intermediate_size,
         }
+    }
+
+    /// The hooked sites of one layer, in forward order (the site table repeats them per layer).
+    pub fn layer_sites(&self) -> &'static [Proj] {
+        if self.fused {
+            &Proj::FUSED_SITES
+        } else {
+            &Proj::SITES
+        }
+    }
+
+    /// The linear layers of one layer, in forward order.
+    pub fn layer_linears(&self) -> &'static [Proj] {
+        if self.fused {
+            &Proj::FUSED_ALL
+        } else {
+            &Proj::ALL
+        }
+    }
+
+    /// Index of a layer's site in the model's site table (see [`LanguageModel::sites`]).
+    pub fn site_index(&self, layer: usize, proj: Proj) -> usize {
+        let per = self.layer_sites();
+        layer * per.len() + per.iter().position(|&p| p == proj).expect("a site of this layout")
+    }
+
+    /// The module at an index of the site table.
+    pub fn site_at(&self, i: usize) -> ModuleId {
+        let per = self.layer_sites();
+        ModuleId { layer: i / per.len(), proj: per[i % per.len()] }
     }
 
     /// Input width of a hooked module.
@@ -215,12 +254,13 @@ impl LlamaConfig {
 
     /// Every hooked module, layer by layer in forward order.
     pub fn modules(&self) -> Vec<ModuleId> {
-        (0..self.num_layers).flat_map(|layer| Proj::ALL.into_iter().map(move |proj| ModuleId { layer, proj })).collect()
+        let per = self.layer_linears();
+        (0..self.num_layers).flat_map(|layer| per.iter().map(move |&proj| ModuleId { layer, proj })).collect()
     }
 
     /// Size of the `linear` neuron universe (every output unit of every hooked module).
     pub fn linear_universe(&self) -> usize {
-        self.num_layers * Proj::ALL.iter().map(|&p| self.out_dim(p)).sum::<usize>()
+        self.num_layers * self.layer_linears().iter().map(|&p| self.out_dim(p)).sum::<usize>()
     }
 
     /// Size of the `ffn` universe (gated activation units).
@@ -476,8 +516,15 @@ mod tests {
         assert_eq!(ModuleId { layer: 7, proj: Proj::Down }.to_string(), "model.layers.7.mlp.down_proj");
         assert_eq!(ModuleId::parse("model.layers.x.mlp.down_proj"), None);
         assert_eq!(ModuleId::parse("model.layers.3.mlp.gelu"), None);
-        for i in 0..40 {
-            assert_eq!(ModuleId::from_index(i).index(), i);
+        let id = ModuleId { layer: 2, proj: Proj::GateUp };
+        assert_eq!(ModuleId::parse(&id.to_string()), Some(id));
+        let mut cfg = LlamaConfig { num_layers: 5, ..LlamaConfig::default() };
+        for fused in [false, true] {
+            cfg.fused = fused;
+            for i in 0..5 * cfg.layer_sites().len() {
+                let m = cfg.site_at(i);
+                assert_eq!(cfg.site_index(m.layer, m.proj), i);
+            }
         }
     }
 }

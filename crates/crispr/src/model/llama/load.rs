@@ -115,15 +115,26 @@ pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Preci
             let bias = if src.has(Role::Bias(l, p)) { Some(src.read(Role::Bias(l, p), &[out_dim])?) } else { None };
             Ok(Linear { weight, bias, out_dim, in_dim })
         };
+        // Fused projections live in `q` and `gate`; `k`, `v` and `up` stay empty.
+        let empty = || Linear { weight: Weights::default(), bias: None, out_dim: 0, in_dim: d };
+        let (q, k, v) = if cfg.fused {
+            (lin(Proj::Qkv)?, empty(), empty())
+        } else {
+            (lin(Proj::Q)?, lin(Proj::K)?, lin(Proj::V)?)
+        };
+        let attn_norm = src.read(Role::AttnNorm(l), &[d])?;
+        let o = lin(Proj::O)?;
+        let mlp_norm = src.read(if cfg.post_norms { Role::PreMlpNorm(l) } else { Role::MlpNorm(l) }, &[d])?;
+        let (gate, up) = if cfg.fused { (lin(Proj::GateUp)?, empty()) } else { (lin(Proj::Gate)?, lin(Proj::Up)?) };
         layers.push(Layer {
-            attn_norm: src.read(Role::AttnNorm(l), &[d])?,
-            q: lin(Proj::Q)?,
-            k: lin(Proj::K)?,
-            v: lin(Proj::V)?,
-            o: lin(Proj::O)?,
-            mlp_norm: src.read(if cfg.post_norms { Role::PreMlpNorm(l) } else { Role::MlpNorm(l) }, &[d])?,
-            gate: lin(Proj::Gate)?,
-            up: lin(Proj::Up)?,
+            attn_norm,
+            q,
+            k,
+            v,
+            o,
+            mlp_norm,
+            gate,
+            up,
             down: lin(Proj::Down)?,
             q_norm: optional(cfg.qk_norm, Role::QNorm(l), cfg.head_dim)?,
             k_norm: optional(cfg.qk_norm, Role::KNorm(l), cfg.head_dim)?,

@@ -44,25 +44,15 @@ pub struct Layer<F> {
 }
 
 impl<F> Layer<F> {
-    pub fn proj(&self, p: Proj) -> &Linear<F> {
-        match p {
-            Proj::Q => &self.q,
-            Proj::K => &self.k,
-            Proj::V => &self.v,
-            Proj::O => &self.o,
-            Proj::Gate => &self.gate,
-            Proj::Up | Proj::Act => &self.up,
-            Proj::Down => &self.down,
-        }
-    }
-
+    /// The linear layer holding `p`'s rows. With fused projections `q` holds `qkv_proj` and
+    /// `gate` holds `gate_up_proj` (their `k`, `v`, `up` are empty).
     pub fn proj_mut(&mut self, p: Proj) -> &mut Linear<F> {
         match p {
-            Proj::Q => &mut self.q,
+            Proj::Q | Proj::Qkv => &mut self.q,
             Proj::K => &mut self.k,
             Proj::V => &mut self.v,
             Proj::O => &mut self.o,
-            Proj::Gate => &mut self.gate,
+            Proj::Gate | Proj::GateUp => &mut self.gate,
             Proj::Up | Proj::Act => &mut self.up,
             Proj::Down => &mut self.down,
         }
@@ -161,9 +151,9 @@ impl<F: Float> LlamaModel<F> {
         let positions = cfg.max_position_embeddings;
         let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, positions);
         let rope_local = cfg.local_rope_theta.map(|theta| RopeTable::new(cfg.head_dim, theta, None, positions));
-        let sites = (0..cfg.num_layers * Proj::SITES.len())
+        let sites = (0..cfg.num_layers * cfg.layer_sites().len())
             .map(|i| {
-                let id = ModuleId::from_index(i);
+                let id = cfg.site_at(i);
                 let kind = match id.proj {
                     Proj::Q => "q",
                     Proj::K => "k",
@@ -173,6 +163,8 @@ impl<F: Float> LlamaModel<F> {
                     Proj::Up => "up",
                     Proj::Act => "act",
                     Proj::Down => "down",
+                    Proj::Qkv => "qkv",
+                    Proj::GateUp => "gate_up",
                 };
                 let universe = if id.proj == Proj::Act { Universe::Ffn } else { Universe::Linear };
                 SiteInfo {
@@ -357,17 +349,26 @@ impl<F: Float> LlamaModel<F> {
         let cfg = &self.cfg;
         let mut apply = |proj: Proj, y: &mut Vec<F>| {
             if let Some(h) = hook.as_mut() {
-                h(ModuleId { layer: l, proj }.index(), y);
+                h(cfg.site_index(l, proj), y);
             }
         };
         let x_in = x.to_vec();
         let (h, inv_rms1) = rms_norm(x, &layer.attn_norm, cfg.rms_norm_eps);
-        let mut q = layer.q.forward(&h, n);
-        apply(Proj::Q, &mut q);
-        let mut k = layer.k.forward(&h, n);
-        apply(Proj::K, &mut k);
-        let mut v = layer.v.forward(&h, n);
-        apply(Proj::V, &mut v);
+        let (qw, kvw) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+        let (q, k, v) = if cfg.fused {
+            let mut qkv = layer.q.forward(&h, n);
+            apply(Proj::Qkv, &mut qkv);
+            let mut parts = split_cols(&qkv, n, &[qw, kvw, kvw]).into_iter();
+            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+        } else {
+            let mut q = layer.q.forward(&h, n);
+            apply(Proj::Q, &mut q);
+            let mut k = layer.k.forward(&h, n);
+            apply(Proj::K, &mut k);
+            let mut v = layer.v.forward(&h, n);
+            apply(Proj::V, &mut v);
+            (q, k, v)
+        };
 
         // Qwen3 / Gemma 3: each head's q and k are RMS-normalised before the rotation.
         let ((mut q_rot, inv_q), (mut k_rot, inv_k)) = if cfg.qk_norm {
@@ -387,10 +388,19 @@ impl<F: Float> LlamaModel<F> {
         let inv_post_attn = add_residual(x, &o, &layer.post_attn_norm, cfg.rms_norm_eps);
         let x_mid = x.to_vec();
         let (h2, inv_rms2) = rms_norm(x, &layer.mlp_norm, cfg.rms_norm_eps);
-        let mut gate = layer.gate.forward(&h2, n);
-        apply(Proj::Gate, &mut gate);
-        let mut up = layer.up.forward(&h2, n);
-        apply(Proj::Up, &mut up);
+        let ff = cfg.intermediate_size;
+        let (gate, up) = if cfg.fused {
+            let mut gate_up = layer.gate.forward(&h2, n);
+            apply(Proj::GateUp, &mut gate_up);
+            let mut parts = split_cols(&gate_up, n, &[ff, ff]).into_iter();
+            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+        } else {
+            let mut gate = layer.gate.forward(&h2, n);
+            apply(Proj::Gate, &mut gate);
+            let mut up = layer.up.forward(&h2, n);
+            apply(Proj::Up, &mut up);
+            (gate, up)
+        };
         let mut act = gated(cfg.activation, &gate, &up);
         apply(Proj::Act, &mut act);
         let mut down = layer.down.forward(&act, n);
@@ -472,7 +482,7 @@ impl<F: Float> LlamaModel<F> {
     fn layer_backward(&self, l: usize, t: &LayerTrace<F>, dx: &mut [F], n: usize, visit: GradVisitor<'_, F>) {
         let cfg = &self.cfg;
         let layer = &self.layers[l];
-        let id = |proj| ModuleId { layer: l, proj }.index();
+        let id = |proj| cfg.site_index(l, proj);
         // MLP: x_out = x_mid + [post_norm](down(act(gate) ⊙ up))
         let d_down = residual_grad(dx, &t.down, &t.inv_post_mlp, &layer.post_mlp_norm);
         visit(id(Proj::Down), &t.down, &d_down);
@@ -480,11 +490,17 @@ impl<F: Float> LlamaModel<F> {
         layer.down.backward_into(&mut d_act, &d_down, n);
         visit(id(Proj::Act), &t.act, &d_act);
         let (d_gate, d_up) = gated_backward(cfg.activation, &d_act, &t.gate, &t.up);
-        visit(id(Proj::Gate), &t.gate, &d_gate);
-        visit(id(Proj::Up), &t.up, &d_up);
         let mut d_h2 = vec![F::ZERO; n * cfg.hidden_size];
-        layer.gate.backward_into(&mut d_h2, &d_gate, n);
-        layer.up.backward_into(&mut d_h2, &d_up, n);
+        if cfg.fused {
+            let d_gate_up = concat_cols(&[&d_gate, &d_up], n);
+            visit(id(Proj::GateUp), &concat_cols(&[&t.gate, &t.up], n), &d_gate_up);
+            layer.gate.backward_into(&mut d_h2, &d_gate_up, n);
+        } else {
+            visit(id(Proj::Gate), &t.gate, &d_gate);
+            visit(id(Proj::Up), &t.up, &d_up);
+            layer.gate.backward_into(&mut d_h2, &d_gate, n);
+            layer.up.backward_into(&mut d_h2, &d_up, n);
+        }
         rms_norm_backward(dx, &d_h2, &t.x_mid, &t.inv_rms2, &layer.mlp_norm);
 
         // Attention: x_mid = x_in + [post_norm](o(attn(rope([norm](q)), rope([norm](k)), v)))
@@ -505,15 +521,47 @@ impl<F: Float> LlamaModel<F> {
             rms_norm_backward(&mut dk_in, &dk, &t.k, &t.inv_k, &layer.k_norm);
             dk = dk_in;
         }
-        visit(id(Proj::Q), &t.q, &dq);
-        visit(id(Proj::K), &t.k, &dk);
-        visit(id(Proj::V), &t.v, &dv);
         let mut d_h = vec![F::ZERO; n * cfg.hidden_size];
-        layer.q.backward_into(&mut d_h, &dq, n);
-        layer.k.backward_into(&mut d_h, &dk, n);
-        layer.v.backward_into(&mut d_h, &dv, n);
+        if cfg.fused {
+            let d_qkv = concat_cols(&[&dq, &dk, &dv], n);
+            visit(id(Proj::Qkv), &concat_cols(&[&t.q, &t.k, &t.v], n), &d_qkv);
+            layer.q.backward_into(&mut d_h, &d_qkv, n);
+        } else {
+            visit(id(Proj::Q), &t.q, &dq);
+            visit(id(Proj::K), &t.k, &dk);
+            visit(id(Proj::V), &t.v, &dv);
+            layer.q.backward_into(&mut d_h, &dq, n);
+            layer.k.backward_into(&mut d_h, &dk, n);
+            layer.v.backward_into(&mut d_h, &dv, n);
+        }
         rms_norm_backward(dx, &d_h, &t.x_in, &t.inv_rms1, &layer.attn_norm);
     }
+}
+
+/// The column blocks of a `[n × Σwidths]` matrix, each `[n × width]` (a fused projection's parts).
+fn split_cols<F: Float>(x: &[F], n: usize, widths: &[usize]) -> Vec<Vec<F>> {
+    let total: usize = widths.iter().sum();
+    let mut start = 0;
+    widths
+        .iter()
+        .map(|&w| {
+            let part = (0..n).flat_map(|i| x[i * total + start..i * total + start + w].iter().copied()).collect();
+            start += w;
+            part
+        })
+        .collect()
+}
+
+/// The inverse of [`split_cols`]: `[n × w_i]` blocks side by side.
+fn concat_cols<F: Float>(parts: &[&[F]], n: usize) -> Vec<F> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for i in 0..n {
+        for p in parts {
+            let w = p.len() / n;
+            out.extend_from_slice(&p[i * w..(i + 1) * w]);
+        }
+    }
+    out
 }
 
 /// `x += out`, or `x += rms_norm(out)` when `norm` is non-empty (Gemma's post-norms); returns the
@@ -540,6 +588,20 @@ fn residual_grad<F: Float>(dx: &[F], out: &[F], inv: &[F], norm: &[F]) -> Vec<F>
 }
 
 impl<F> LlamaModel<F> {
+    /// The module whose row `r` is zeroed to silence unit `r` of `site`. An FFN activation unit
+    /// `act(gate_r) · up_r` is silenced through `up` (its row `r`); with a fused `gate_up_proj`,
+    /// through the gate half (row `r` too: `act(0) = 0` for SiLU and GELU), so that neuron rows
+    /// stay rows of the module they name.
+    fn prune_module(&self, site: usize) -> ModuleId {
+        let id = self.cfg.site_at(site);
+        let proj = match id.proj {
+            Proj::Act if self.cfg.fused => Proj::GateUp,
+            Proj::Act => Proj::Up,
+            p => p,
+        };
+        ModuleId { layer: id.layer, proj }
+    }
+
     /// Number of weights (embedding and head counted once when tied).
     pub fn parameter_count(&self) -> usize {
         let lin = |l: &Linear<F>| l.weight.len() + l.bias.as_ref().map_or(0, Vec::len);
@@ -655,7 +717,7 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
     }
 
     fn prune_target(&mut self, site: usize) -> &mut Linear<F> {
-        let id = ModuleId::from_index(site);
+        let id = self.prune_module(site);
         self.layers[id.layer].proj_mut(id.proj)
     }
 
@@ -668,9 +730,7 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
     }
 
     fn prune_target_name(&self, site: usize) -> String {
-        let id = ModuleId::from_index(site);
-        let proj = if id.proj == Proj::Act { Proj::Up } else { id.proj };
-        ModuleId { layer: id.layer, proj }.to_string()
+        self.prune_module(site).to_string()
     }
 
     fn describe(&self) -> serde_json::Value {
@@ -693,6 +753,7 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
             "sliding_window": cfg.sliding_window,
             "qk_norm": cfg.qk_norm,
             "activation": cfg.activation,
+            "fused_projections": cfg.fused,
         })
     }
 }
