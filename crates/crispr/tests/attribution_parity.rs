@@ -124,6 +124,11 @@ fn gemma3_matches_reference() {
 }
 
 #[test]
+fn phi3_matches_reference() {
+    check_new_family("phi3");
+}
+
+#[test]
 fn default_settings_match_reference() {
     check(Settings::default(), "default_linear");
 }

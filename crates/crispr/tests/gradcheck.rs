@@ -101,6 +101,11 @@ fn gemma3_gradients_match_finite_differences() {
     check("gemma3");
 }
 
+#[test]
+fn phi3_gradients_match_finite_differences() {
+    check("phi3");
+}
+
 /// A random model with every option of the decoder engine switched on at once (q/k norms,
 /// sandwich norms, GeGLU, scaled embeddings, a custom query scale, both soft-caps, one local and
 /// one global layer with their own RoPE bases, linear RoPE scaling, a window shorter than the

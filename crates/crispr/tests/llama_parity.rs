@@ -97,6 +97,11 @@ fn gemma3_with_qk_norm_and_local_rope_matches_transformers() {
 }
 
 #[test]
+fn phi3_with_fused_projections_matches_transformers() {
+    check_family("phi3");
+}
+
+#[test]
 fn prefix_reusing_batch_scoring_equals_independent_scoring() {
     let dir = fixtures().join("tiny").join("mistral");
     let (model, text) = crispr::loader::load_llama(&dir).unwrap();

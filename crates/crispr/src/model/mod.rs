@@ -15,7 +15,7 @@ macro_rules! families {
 }
 
 // The families, one name each: a family is its folder under `model/` and its name here.
-families!(llama, t5, gemma);
+families!(llama, t5, gemma, phi3);
 
 use crate::tensor::Float;
 pub use linear::Linear;
