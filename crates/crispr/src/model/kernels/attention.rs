@@ -46,9 +46,53 @@ pub fn softmax_in_place<F: Float>(row: &mut [F]) {
     }
 }
 
+/// One head over one block of rows: `s = init + scale · q kᵀ` (`q`: `[n × head_dim]`, `k`, `v`:
+/// `[m × head_dim]`, both strided views), soft-capped, masked where `visible(i, j)` is false, then
+/// `softmax(s) v`. `init` is an additive bias `[n × m]` (T5's relative positions), or zeros.
+/// Returns the head output `[n × head_dim]`, the probabilities and the caps (`tanh(s/cap)`,
+/// empty without a cap), each `[n × m]`.
+#[allow(clippy::too_many_arguments)]
+pub fn head_attention<F: Float>(
+    spec: &AttnSpec,
+    q: Mat<'_, F>,
+    k: Mat<'_, F>,
+    v: Mat<'_, F>,
+    n: usize,
+    m: usize,
+    init: Option<&[F]>,
+    visible: impl Fn(usize, usize) -> bool,
+) -> (Vec<F>, Vec<F>, Vec<F>) {
+    let hd = spec.head_dim;
+    let mut s = match init {
+        Some(b) => b.to_vec(),
+        None => vec![F::ZERO; n * m],
+    };
+    matmul_serial(MatMut::rows(&mut s, n, m), q, k.transpose(), F::from_f64(spec.scale), init.is_some());
+    let mut tanhs = Vec::new();
+    if let Some(c) = spec.softcap.map(F::from_f64) {
+        tanhs = s.iter().map(|&x| (x / c).tanh()).collect();
+        for (x, &t) in s.iter_mut().zip(&tanhs) {
+            *x = c * t;
+        }
+    }
+    if m > 0 {
+        for (i, row) in s.chunks_exact_mut(m).enumerate() {
+            for (j, val) in row.iter_mut().enumerate() {
+                if !visible(i, j) {
+                    *val = F::NEG_INFINITY;
+                }
+            }
+            softmax_in_place(row);
+        }
+    }
+    let mut out = vec![F::ZERO; n * hd];
+    matmul_serial(MatMut::rows(&mut out, n, hd), Mat::rows(&s, n, m), v, F::ONE, false);
+    (out, s, tanhs)
+}
+
 /// Attention of queries at positions `pos0..pos0+n` (`q`: `[n × heads·head_dim]`, rotated) over
-/// keys and values at positions `0..keys` (`[keys × kv_heads·head_dim]`). Returns the
-/// concatenated head outputs `[n × heads·head_dim]` and the trace.
+/// keys and values at positions `0..keys` (`[keys × kv_heads·head_dim]`), causal (and windowed).
+/// Returns the concatenated head outputs `[n × heads·head_dim]` and the trace.
 pub fn attention<F: Float>(
     spec: &AttnSpec,
     q: &[F],
@@ -61,47 +105,24 @@ pub fn attention<F: Float>(
     let group = nh / spec.kv_heads;
     let kvw = spec.kv_heads * hd;
     let keys = k.len() / kvw;
-    let scale = F::from_f64(spec.scale);
-    let cap = spec.softcap.map(F::from_f64);
+    let visible = |i: usize, j: usize| {
+        let qpos = pos0 + i;
+        j <= qpos && spec.window.is_none_or(|w| qpos - j < w)
+    };
     let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..nh)
         .into_par_iter()
         .map(|h| {
             let kvh = h / group;
-            let mut s = vec![F::ZERO; n * keys];
-            matmul_serial(
-                MatMut::rows(&mut s, n, keys),
+            head_attention(
+                spec,
                 Mat::strided(q, h * hd, n, hd, nh * hd, 1),
-                Mat::strided(k, kvh * hd, keys, hd, kvw, 1).transpose(),
-                scale,
-                false,
-            );
-            let mut tanhs = Vec::new();
-            if let Some(c) = cap {
-                tanhs = s.iter().map(|&x| (x / c).tanh()).collect();
-                for (x, &t) in s.iter_mut().zip(&tanhs) {
-                    *x = c * t;
-                }
-            }
-            for i in 0..n {
-                let row = &mut s[i * keys..(i + 1) * keys];
-                let qpos = pos0 + i;
-                for (j, val) in row.iter_mut().enumerate() {
-                    let visible = j <= qpos && spec.window.is_none_or(|w| qpos - j < w);
-                    if !visible {
-                        *val = F::NEG_INFINITY;
-                    }
-                }
-                softmax_in_place(row);
-            }
-            let mut out = vec![F::ZERO; n * hd];
-            matmul_serial(
-                MatMut::rows(&mut out, n, hd),
-                Mat::rows(&s, n, keys),
+                Mat::strided(k, kvh * hd, keys, hd, kvw, 1),
                 Mat::strided(v, kvh * hd, keys, hd, kvw, 1),
-                F::ONE,
-                false,
-            );
-            (out, s, tanhs)
+                n,
+                keys,
+                None,
+                visible,
+            )
         })
         .collect();
     let mut attn = vec![F::ZERO; n * nh * hd];
@@ -117,16 +138,20 @@ pub fn attention<F: Float>(
     (attn, AttnTrace { probs, caps })
 }
 
-/// Gradients of the attention inputs (rotated `q` and `k`, and `v`, each `[n × width]`) from that
-/// of its output, for a whole sequence of `n` positions traced from position 0.
+/// Gradients of the attention inputs from that of its output `d_attn` (`[n × heads·head_dim]`):
+/// `n` queries (`q`, rotated) over `m` keys and values (`k`, `v`: `[m × kv_heads·head_dim]`), with
+/// the probabilities and caps of the forward pass (see [`AttnTrace`]), `[heads × n × m]`. An additive bias or mask
+/// is a constant and needs no term. Returns `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_backward<F: Float>(
     spec: &AttnSpec,
-    trace: &AttnTrace<F>,
+    (probs, caps): (&[F], &[F]),
     q: &[F],
     k: &[F],
     v: &[F],
     d_attn: &[F],
     n: usize,
+    m: usize,
 ) -> (Vec<F>, Vec<F>, Vec<F>) {
     let (nh, hd) = (spec.heads, spec.head_dim);
     let group = nh / spec.kv_heads;
@@ -136,34 +161,34 @@ pub fn attention_backward<F: Float>(
         .into_par_iter()
         .map(|h| {
             let kvh = h / group;
-            let p = &trace.probs[h * n * n..(h + 1) * n * n];
+            let p = &probs[h * n * m..(h + 1) * n * m];
             let d_out = Mat::strided(d_attn, h * hd, n, hd, nh * hd, 1);
             // dV = Pᵀ dO
-            let mut dv = vec![F::ZERO; n * hd];
-            matmul_serial(MatMut::rows(&mut dv, n, hd), Mat::rows(p, n, n).transpose(), d_out, F::ONE, false);
+            let mut dv = vec![F::ZERO; m * hd];
+            matmul_serial(MatMut::rows(&mut dv, m, hd), Mat::rows(p, n, m).transpose(), d_out, F::ONE, false);
             // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale (· (1 − tanh²) under a cap)
-            let mut ds = vec![F::ZERO; n * n];
+            let mut ds = vec![F::ZERO; n * m];
             matmul_serial(
-                MatMut::rows(&mut ds, n, n),
+                MatMut::rows(&mut ds, n, m),
                 d_out,
-                Mat::strided(v, kvh * hd, n, hd, kvw, 1).transpose(),
+                Mat::strided(v, kvh * hd, m, hd, kvw, 1).transpose(),
                 F::ONE,
                 false,
             );
-            let tanhs = (!trace.caps.is_empty()).then(|| &trace.caps[h * n * n..(h + 1) * n * n]);
-            for i in 0..n {
-                let prow = &p[i * n..(i + 1) * n];
-                let drow = &mut ds[i * n..(i + 1) * n];
-                let mut dot = F::ZERO;
-                for (&pv, &dv) in prow.iter().zip(drow.iter()) {
-                    dot += pv * dv;
-                }
-                for (dv, &pv) in drow.iter_mut().zip(prow) {
-                    *dv = pv * (*dv - dot) * scale;
-                }
-                if let Some(t) = tanhs {
-                    for (dv, &tv) in drow.iter_mut().zip(&t[i * n..(i + 1) * n]) {
-                        *dv *= F::ONE - tv * tv;
+            let tanhs = (!caps.is_empty()).then(|| &caps[h * n * m..(h + 1) * n * m]);
+            if m > 0 {
+                for (i, (prow, drow)) in p.chunks_exact(m).zip(ds.chunks_exact_mut(m)).enumerate() {
+                    let mut dot = F::ZERO;
+                    for (&pv, &dv) in prow.iter().zip(drow.iter()) {
+                        dot += pv * dv;
+                    }
+                    for (dv, &pv) in drow.iter_mut().zip(prow) {
+                        *dv = pv * (*dv - dot) * scale;
+                    }
+                    if let Some(t) = tanhs {
+                        for (dv, &tv) in drow.iter_mut().zip(&t[i * m..(i + 1) * m]) {
+                            *dv *= F::ONE - tv * tv;
+                        }
                     }
                 }
             }
@@ -171,15 +196,15 @@ pub fn attention_backward<F: Float>(
             let mut dq = vec![F::ZERO; n * hd];
             matmul_serial(
                 MatMut::rows(&mut dq, n, hd),
-                Mat::rows(&ds, n, n),
-                Mat::strided(k, kvh * hd, n, hd, kvw, 1),
+                Mat::rows(&ds, n, m),
+                Mat::strided(k, kvh * hd, m, hd, kvw, 1),
                 F::ONE,
                 false,
             );
-            let mut dk = vec![F::ZERO; n * hd];
+            let mut dk = vec![F::ZERO; m * hd];
             matmul_serial(
-                MatMut::rows(&mut dk, n, hd),
-                Mat::rows(&ds, n, n).transpose(),
+                MatMut::rows(&mut dk, m, hd),
+                Mat::rows(&ds, n, m).transpose(),
                 Mat::strided(q, h * hd, n, hd, nh * hd, 1),
                 F::ONE,
                 false,
@@ -188,15 +213,17 @@ pub fn attention_backward<F: Float>(
         })
         .collect();
     let mut dq = vec![F::ZERO; n * nh * hd];
-    let mut dk = vec![F::ZERO; n * kvw];
-    let mut dv = vec![F::ZERO; n * kvw];
+    let mut dk = vec![F::ZERO; m * kvw];
+    let mut dv = vec![F::ZERO; m * kvw];
     for (h, (q_h, k_h, v_h)) in per_head.into_iter().enumerate() {
         let kvh = h / group;
         for i in 0..n {
             dq[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
-            for j in 0..hd {
-                dk[i * kvw + kvh * hd + j] += k_h[i * hd + j];
-                dv[i * kvw + kvh * hd + j] += v_h[i * hd + j];
+        }
+        for j in 0..m {
+            for c in 0..hd {
+                dk[j * kvw + kvh * hd + c] += k_h[j * hd + c];
+                dv[j * kvw + kvh * hd + c] += v_h[j * hd + c];
             }
         }
     }

@@ -401,7 +401,7 @@ impl<F: Float> LlamaModel<F> {
             apply(Proj::Up, &mut up);
             (gate, up)
         };
-        let mut act = gated(cfg.activation, &gate, &up);
+        let (mut act, _) = gated(cfg.activation, &gate, &up, ff);
         apply(Proj::Act, &mut act);
         let mut down = layer.down.forward(&act, n);
         apply(Proj::Down, &mut down);
@@ -489,7 +489,10 @@ impl<F: Float> LlamaModel<F> {
         let mut d_act = vec![F::ZERO; n * cfg.intermediate_size];
         layer.down.backward_into(&mut d_act, &d_down, n);
         visit(id(Proj::Act), &t.act, &d_act);
-        let (d_gate, d_up) = gated_backward(cfg.activation, &d_act, &t.gate, &t.up);
+        // The GELU's shared terms are recomputed rather than kept in every trace.
+        let ff = cfg.intermediate_size;
+        let terms = cfg.activation.terms(&t.gate, ff);
+        let (d_gate, d_up) = gated_backward(cfg.activation, &d_act, &t.gate, &t.up, &terms, ff);
         let mut d_h2 = vec![F::ZERO; n * cfg.hidden_size];
         if cfg.fused {
             let d_gate_up = concat_cols(&[&d_gate, &d_up], n);
@@ -509,7 +512,7 @@ impl<F: Float> LlamaModel<F> {
         let mut d_attn = vec![F::ZERO; n * cfg.num_heads * cfg.head_dim];
         layer.o.backward_into(&mut d_attn, &d_o, n);
         let (mut dq, mut dk, dv) =
-            attention_backward(&self.attn_spec(l), &t.attn, &t.q_rot, &t.k_rot, &t.v, &d_attn, n);
+            attention_backward(&self.attn_spec(l), (&t.attn.probs, &t.attn.caps), &t.q_rot, &t.k_rot, &t.v, &d_attn, n, n);
         let rope = self.rope_of(l);
         rope.apply(&mut dq, n, cfg.num_heads, cfg.head_dim, 0, true);
         rope.apply(&mut dk, n, cfg.num_kv_heads, cfg.head_dim, 0, true);

@@ -6,14 +6,8 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 
-/// The FFN nonlinearity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    Relu,
-    /// transformers' `gelu_new`: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
-    GeluTanh,
-}
+/// The FFN nonlinearity (ReLU or tanh GELU for T5).
+pub use crate::model::kernels::GateAct as Activation;
 
 /// Hyper-parameters of a T5 checkpoint (`config.json`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

@@ -25,12 +25,14 @@ use rayon::prelude::*;
 use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
-use crate::model::kernels::{rms_norm, rms_norm_backward, softmax_in_place};
+use crate::model::kernels::activation::{activate, activate_backward, gated, gated_backward};
+use crate::model::kernels::attention::head_attention;
+use crate::model::kernels::{attention_backward, rms_norm, rms_norm_backward, AttnSpec};
 use crate::model::linear::Weights;
 use crate::model::logits::{argmax, log_prob_of};
 use crate::model::{CandidateGradVisitor, Family, LanguageModel, Linear, SiteInfo, Universe};
 pub use crate::model::{ForwardHook, GradVisitor};
-use crate::tensor::{matmul_serial, Float, Mat, MatMut};
+use crate::tensor::{Float, Mat};
 use crate::weights::NamedSource;
 
 mod config;
@@ -209,77 +211,6 @@ fn fire<F>(hook: &mut Option<ForwardHook<'_, F>>, id: usize, y: &mut [F]) {
     }
 }
 
-/// Elementwise work below this many values stays on one thread.
-const PAR_ELEMS: usize = 1 << 15;
-
-impl Activation {
-    /// What the value and the derivative share, computed once per unit in the forward pass and
-    /// kept for the backward pass: `tanh(√(2/π)·(x + 0.044715·x³))` for the GELU (transcendental
-    /// functions dominate the elementwise cost), nothing for ReLU.
-    fn shared_terms<F: Float>(self, x: &[F], width: usize) -> Vec<F> {
-        match self {
-            Activation::Relu => Vec::new(),
-            Activation::GeluTanh => {
-                let c = F::from_f64((2.0 / std::f64::consts::PI).sqrt());
-                let k = F::from_f64(0.044715);
-                let mut t = x.to_vec();
-                par_rows(&mut t, width, |_, row| {
-                    for v in row.iter_mut() {
-                        let u = c * (*v + k * *v * *v * *v);
-                        // tanh(u) = 1 − 2/(e^{2u} + 1): one exp, several times cheaper than libm
-                        // tanh; exact limits ±1 when e^{2u} overflows or underflows.
-                        *v = F::ONE - F::from_f64(2.0) / ((u + u).exp() + F::ONE);
-                    }
-                });
-                t
-            }
-        }
-    }
-
-    /// The activation of `x`, given its shared term `t` (see [`Self::shared_terms`]).
-    #[inline]
-    fn value<F: Float>(self, x: F, t: F) -> F {
-        match self {
-            Activation::Relu => x.max(F::ZERO),
-            Activation::GeluTanh => F::from_f64(0.5) * x * (F::ONE + t),
-        }
-    }
-
-    /// The derivative at `x`, given its shared term `t`.
-    #[inline]
-    fn derivative<F: Float>(self, x: F, t: F) -> F {
-        match self {
-            Activation::Relu => {
-                if x > F::ZERO {
-                    F::ONE
-                } else {
-                    F::ZERO
-                }
-            }
-            Activation::GeluTanh => {
-                let c = F::from_f64((2.0 / std::f64::consts::PI).sqrt());
-                let k = F::from_f64(0.044715);
-                let half = F::from_f64(0.5);
-                half * (F::ONE + t) + half * x * (F::ONE - t * t) * c * (F::ONE + F::from_f64(3.0) * k * x * x)
-            }
-        }
-    }
-}
-
-/// Element `i` of a shared-term table, or 0 when the activation keeps none.
-#[inline]
-fn term<F: Float>(t: &[F], i: usize) -> F {
-    t.get(i).copied().unwrap_or(F::ZERO)
-}
-
-/// `f(i, chunk)` over consecutive chunks of `width` values, in parallel when there is enough work.
-fn par_rows<F: Float>(data: &mut [F], width: usize, f: impl Fn(usize, &mut [F]) + Sync + Send) {
-    if data.len() >= PAR_ELEMS {
-        data.par_chunks_mut(width).enumerate().for_each(|(i, c)| f(i, c));
-    } else {
-        data.chunks_mut(width).enumerate().for_each(|(i, c)| f(i, c));
-    }
-}
 
 impl<F: Float> T5Model<F> {
     pub fn new(
@@ -381,37 +312,24 @@ impl<F: Float> T5Model<F> {
     fn attention(&self, q: &[F], k: &[F], v: &[F], segments: &[Segment<'_, F>], keep_probs: bool) -> (Vec<F>, Vec<F>) {
         let (nh, hd) = (self.cfg.num_heads, self.cfg.d_kv);
         let inner = nh * hd;
+        let spec = self.attn_spec();
         let jobs: Vec<(usize, usize)> = (0..segments.len()).flat_map(|s| (0..nh).map(move |h| (s, h))).collect();
         let per_job: Vec<(Vec<F>, Vec<F>)> = jobs
             .par_iter()
             .map(|&(s, h)| {
                 let seg = &segments[s];
                 let (n, m) = (seg.q.len(), seg.k.len());
-                let mut sc = match seg.bias {
-                    Some(b) => b[h * n * m..(h + 1) * n * m].to_vec(),
-                    None => vec![F::ZERO; n * m],
-                };
-                matmul_serial(
-                    MatMut::rows(&mut sc, n, m),
+                let (out, probs, _) = head_attention(
+                    &spec,
                     Mat::strided(q, seg.q.start * inner + h * hd, n, hd, inner, 1),
-                    Mat::strided(k, seg.k.start * inner + h * hd, m, hd, inner, 1).transpose(),
-                    F::ONE,
-                    true,
-                );
-                if m > 0 {
-                    for row in sc.chunks_exact_mut(m) {
-                        softmax_in_place(row);
-                    }
-                }
-                let mut out = vec![F::ZERO; n * hd];
-                matmul_serial(
-                    MatMut::rows(&mut out, n, hd),
-                    Mat::rows(&sc, n, m),
+                    Mat::strided(k, seg.k.start * inner + h * hd, m, hd, inner, 1),
                     Mat::strided(v, seg.k.start * inner + h * hd, m, hd, inner, 1),
-                    F::ONE,
-                    false,
+                    n,
+                    m,
+                    seg.bias.map(|b| &b[h * n * m..(h + 1) * n * m]),
+                    |_, _| true,
                 );
-                (out, sc)
+                (out, probs)
             })
             .collect();
         let mut ctx = vec![F::ZERO; q.len()];
@@ -429,6 +347,13 @@ impl<F: Float> T5Model<F> {
         (ctx, probs)
     }
 
+    /// T5 attention: every head its own keys, logits not scaled (the scale is folded into the
+    /// initialisation), no cap; masks and position bias come in as an additive bias.
+    fn attn_spec(&self) -> AttnSpec {
+        let (nh, hd) = (self.cfg.num_heads, self.cfg.d_kv);
+        AttnSpec { heads: nh, kv_heads: nh, head_dim: hd, scale: 1.0, window: None, softcap: None }
+    }
+
     /// Gradients of q, k, v from that of the attention output (see [`Self::attention`]).
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
@@ -441,69 +366,7 @@ impl<F: Float> T5Model<F> {
         n: usize,
         m: usize,
     ) -> (Vec<F>, Vec<F>, Vec<F>) {
-        let (nh, hd) = (self.cfg.num_heads, self.cfg.d_kv);
-        let inner = nh * hd;
-        let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..nh)
-            .into_par_iter()
-            .map(|h| {
-                let p = &probs[h * n * m..(h + 1) * n * m];
-                let d_out = Mat::strided(d_ctx, h * hd, n, hd, inner, 1);
-                // dV = Pᵀ dO
-                let mut dv = vec![F::ZERO; m * hd];
-                matmul_serial(MatMut::rows(&mut dv, m, hd), Mat::rows(p, n, m).transpose(), d_out, F::ONE, false);
-                // dP = dO Vᵀ; dS = P ⊙ (dP − rowsum(dP ⊙ P)) (the bias is a constant).
-                let mut ds = vec![F::ZERO; n * m];
-                matmul_serial(
-                    MatMut::rows(&mut ds, n, m),
-                    d_out,
-                    Mat::strided(v, h * hd, m, hd, inner, 1).transpose(),
-                    F::ONE,
-                    false,
-                );
-                if m > 0 {
-                    for (prow, drow) in p.chunks_exact(m).zip(ds.chunks_exact_mut(m)) {
-                        let mut dot = F::ZERO;
-                        for (&pv, &dv) in prow.iter().zip(drow.iter()) {
-                            dot += pv * dv;
-                        }
-                        for (dv, &pv) in drow.iter_mut().zip(prow) {
-                            *dv = pv * (*dv - dot);
-                        }
-                    }
-                }
-                // dQ = dS K, dK = dSᵀ Q
-                let mut dq = vec![F::ZERO; n * hd];
-                matmul_serial(
-                    MatMut::rows(&mut dq, n, hd),
-                    Mat::rows(&ds, n, m),
-                    Mat::strided(k, h * hd, m, hd, inner, 1),
-                    F::ONE,
-                    false,
-                );
-                let mut dk = vec![F::ZERO; m * hd];
-                matmul_serial(
-                    MatMut::rows(&mut dk, m, hd),
-                    Mat::rows(&ds, n, m).transpose(),
-                    Mat::strided(q, h * hd, n, hd, inner, 1),
-                    F::ONE,
-                    false,
-                );
-                (dq, dk, dv)
-            })
-            .collect();
-        let mut dq = vec![F::ZERO; n * inner];
-        let mut dk = vec![F::ZERO; m * inner];
-        let mut dv = vec![F::ZERO; m * inner];
-        for (h, (q_h, k_h, v_h)) in per_head.into_iter().enumerate() {
-            for i in 0..n {
-                dq[i * inner + h * hd..i * inner + (h + 1) * hd].copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
-            }
-            for j in 0..m {
-                dk[j * inner + h * hd..j * inner + (h + 1) * hd].copy_from_slice(&k_h[j * hd..(j + 1) * hd]);
-                dv[j * inner + h * hd..j * inner + (h + 1) * hd].copy_from_slice(&v_h[j * hd..(j + 1) * hd]);
-            }
-        }
-        (dq, dk, dv)
+        attention_backward(&self.attn_spec(), (probs, &[]), q, k, v, d_ctx, n, m)
     }
 
     /// One block over `n` rows of `x` (updated in place); self-attention within `self_segments`.
@@ -585,24 +448,12 @@ impl<F: Float> T5Model<F> {
             fire(hook, id(T5Proj::Wi0), &mut wi_0);
             let mut wi_1 = w1.forward(&h, n);
             fire(hook, id(T5Proj::Wi1), &mut wi_1);
-            let terms = act_fn.shared_terms(&wi_0, ff);
-            let mut act = wi_0.clone();
-            par_rows(&mut act, ff, |r, row| {
-                for (j, (a, &b)) in row.iter_mut().zip(&wi_1[r * ff..(r + 1) * ff]).enumerate() {
-                    *a = act_fn.value(*a, term(&terms, r * ff + j)) * b;
-                }
-            });
+            let (act, terms) = gated(act_fn, &wi_0, &wi_1, ff);
             (wi_0, wi_1, terms, act)
         } else {
             let mut wi = f.wi_0.forward(&h, n);
             fire(hook, id(T5Proj::Wi), &mut wi);
-            let terms = act_fn.shared_terms(&wi, ff);
-            let mut act = wi.clone();
-            par_rows(&mut act, ff, |r, row| {
-                for (j, a) in row.iter_mut().enumerate() {
-                    *a = act_fn.value(*a, term(&terms, r * ff + j));
-                }
-            });
+            let (act, terms) = activate(act_fn, &wi, ff);
             (wi, Vec::new(), terms, act)
         };
         fire(hook, id(T5Proj::Act), &mut act);
@@ -803,29 +654,13 @@ impl<F: Float> T5Model<F> {
         let mut d_h = vec![F::ZERO; n * d];
         if let Some(w1) = &block.ffn.wi_1 {
             // act = g(wi_0) ⊙ wi_1: d wi_0 = d act ⊙ wi_1 ⊙ g'(wi_0), d wi_1 = d act ⊙ g(wi_0).
-            let mut d0 = d_act.clone();
-            let mut d1 = d_act;
-            d0.par_chunks_mut(ff).zip(d1.par_chunks_mut(ff)).enumerate().for_each(|(r, (r0, r1))| {
-                let span = r * ff..(r + 1) * ff;
-                for (j, ((g0, g1), (&a, &b))) in
-                    r0.iter_mut().zip(r1.iter_mut()).zip(f.wi_0[span.clone()].iter().zip(&f.wi_1[span])).enumerate()
-                {
-                    let t = term(&f.terms, r * ff + j);
-                    *g0 = *g0 * b * act_fn.derivative(a, t);
-                    *g1 *= act_fn.value(a, t);
-                }
-            });
+            let (d0, d1) = gated_backward(act_fn, &d_act, &f.wi_0, &f.wi_1, &f.terms, ff);
             visit(id(T5Proj::Wi0), &f.wi_0, &d0);
             visit(id(T5Proj::Wi1), &f.wi_1, &d1);
             block.ffn.wi_0.backward_into(&mut d_h, &d0, n);
             w1.backward_into(&mut d_h, &d1, n);
         } else {
-            let mut d0 = d_act;
-            par_rows(&mut d0, ff, |r, row| {
-                for (j, (dv, &a)) in row.iter_mut().zip(&f.wi_0[r * ff..(r + 1) * ff]).enumerate() {
-                    *dv *= act_fn.derivative(a, term(&f.terms, r * ff + j));
-                }
-            });
+            let d0 = activate_backward(act_fn, &d_act, &f.wi_0, &f.terms, ff);
             visit(id(T5Proj::Wi), &f.wi_0, &d0);
             block.ffn.wi_0.backward_into(&mut d_h, &d0, n);
         }
