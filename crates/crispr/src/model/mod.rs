@@ -1,16 +1,17 @@
 //! Model definitions: configuration, module naming, and the per-family forward/backward code.
 
+pub mod family;
 pub mod kernels;
 pub mod linear;
 pub mod logits;
 pub mod registry;
 
-/// Declares each family's folder and lists its [`registry::FamilyLoader`] in [`FAMILIES`].
+/// Declares each family's folder and lists its [`family::FamilyLoader`] in [`FAMILIES`].
 macro_rules! families {
     ($($family:ident),*) => {
         $(pub mod $family;)*
         /// Every family's registry entry (`<family>::LOADER`), in the order they are tried.
-        pub static FAMILIES: &[&registry::FamilyLoader] = &[$(&$family::LOADER),*];
+        pub static FAMILIES: &[&family::FamilyLoader] = &[$(&$family::LOADER),*];
     };
 }
 

@@ -8,41 +8,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
-use crate::model::{LanguageModel, SiteInfo};
-use crate::precision::{Footprint, Precision};
-use crate::text::TextCodec;
-
-/// A loaded model and its tokenizer.
-pub struct Built {
-    pub model: Box<dyn LanguageModel<f32>>,
-    pub text: TextCodec,
-}
-
-/// What a family reads from headers alone (see [`crate::loader::inspect`]); the loader adds the
-/// file sizes.
-pub struct Probed {
-    /// As [`LanguageModel::describe`].
-    pub describe: Json,
-    pub sites: Vec<SiteInfo>,
-    pub text: TextCodec,
-    pub footprint: Footprint,
-}
-
-/// How one family is recognised and loaded.
-pub struct FamilyLoader {
-    pub name: &'static str,
-    /// `config.json` `model_type` values this family reads.
-    pub model_types: &'static [&'static str],
-    /// `config.json` `architectures` entries (class names), for configs whose `model_type` is
-    /// missing.
-    pub architectures: &'static [&'static str],
-    /// GGUF `general.architecture` values.
-    pub gguf_architectures: &'static [&'static str],
-    pub load_checkpoint: fn(&Path, &Json, Precision) -> Result<Built>,
-    pub inspect_checkpoint: fn(&Path, &Json) -> Result<Probed>,
-    pub load_gguf: Option<fn(&GgufFile, Precision) -> Result<Built>>,
-    pub inspect_gguf: Option<fn(&GgufFile) -> Result<Probed>>,
-}
+pub use crate::model::family::{Built, FamilyLoader, Probed};
 
 pub use crate::model::FAMILIES;
 

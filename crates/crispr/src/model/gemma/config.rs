@@ -5,6 +5,7 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::model::family::ConfigJson;
 use crate::model::kernels::GateAct;
 use crate::model::{Arch, LlamaConfig, RopeScaling};
 
@@ -18,16 +19,9 @@ enum Generation {
 /// Parse the `config.json` of a Gemma 2 (`gemma2`) or Gemma 3 text (`gemma3_text`) model.
 /// Defaults are transformers' for the keys a config leaves out.
 pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
-    let err = |m: String| Error::format(path, m);
-    let by_class = |a: &str| match a {
-        "Gemma2ForCausalLM" => Some("gemma2"),
-        "Gemma3ForCausalLM" => Some("gemma3_text"),
-        _ => None,
-    };
-    let model_type = v.get("model_type").and_then(Json::as_str).unwrap_or_else(|| {
-        let classes = v.get("architectures").and_then(Json::as_array).into_iter().flatten();
-        classes.filter_map(Json::as_str).find_map(by_class).unwrap_or("")
-    });
+    let c = ConfigJson::new(path, v);
+    let err = |m: String| c.error(m);
+    let model_type = c.model_type(&[("Gemma2ForCausalLM", "gemma2"), ("Gemma3ForCausalLM", "gemma3_text")]);
     let generation = match model_type {
         "gemma2" => Generation::Two,
         "gemma3_text" => Generation::Three,
@@ -38,14 +32,7 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
         }
         other => return Err(err(format!("not a Gemma 2/3 text configuration (model_type={other:?})"))),
     };
-    let get_usize = |k: &str| -> Result<usize> {
-        v.get(k)
-            .and_then(Json::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| err(format!("{k} is missing or not a whole number")))
-    };
-    let opt_usize = |k: &str| v.get(k).and_then(Json::as_u64).map(|x| x as usize);
-    let opt_f64 = |k: &str| v.get(k).and_then(Json::as_f64);
+    let (get_usize, opt_usize, opt_f64) = (|k| c.usize(k), |k| c.opt_usize(k), |k| c.f64(k));
     // A key that is absent takes the default; one that is `null` switches the feature off.
     let cap = |k: &str, default: Option<f64>| match v.get(k) {
         None => default,

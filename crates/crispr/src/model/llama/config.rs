@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
+use crate::model::family::ConfigJson;
 use crate::model::kernels::GateAct;
 use crate::model::{check_limits, check_positive_finite, MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 
@@ -331,23 +332,14 @@ impl LlamaConfig {
 
 /// Parse a transformers `config.json` of a Llama-family model.
 pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
+    let c = ConfigJson::new(path, v);
     // A config without `model_type` is named by its class (`architectures`).
-    let by_class = |a: &str| match a {
-        "LlamaForCausalLM" => Some("llama"),
-        "MistralForCausalLM" => Some("mistral"),
-        "Qwen2ForCausalLM" => Some("qwen2"),
-        "Qwen3ForCausalLM" => Some("qwen3"),
-        _ => None,
-    };
-    let model_type = v.get("model_type").and_then(Json::as_str).unwrap_or_else(|| {
-        v.get("architectures")
-            .and_then(Json::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Json::as_str)
-            .find_map(by_class)
-            .unwrap_or("")
-    });
+    let model_type = c.model_type(&[
+        ("LlamaForCausalLM", "llama"),
+        ("MistralForCausalLM", "mistral"),
+        ("Qwen2ForCausalLM", "qwen2"),
+        ("Qwen3ForCausalLM", "qwen3"),
+    ]);
     let arch = match model_type {
         "llama" => Arch::Llama,
         "mistral" => Arch::Mistral,
@@ -364,13 +356,7 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
             ))
         }
     };
-    let get_usize = |k: &str| -> Result<usize> {
-        v.get(k)
-            .and_then(Json::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| Error::format(path, format!("{k} is missing or not a whole number")))
-    };
-    let opt_usize = |k: &str| v.get(k).and_then(Json::as_u64).map(|x| x as usize);
+    let (get_usize, opt_usize) = (|k| c.usize(k), |k| c.opt_usize(k));
     let hidden = get_usize("hidden_size")?;
     let heads = get_usize("num_attention_heads")?;
     // transformers 5 moved rope settings into `rope_parameters`.

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::files::read_json;
 use crate::gguf::GgufFile;
 use crate::model::linear::Weights;
-use crate::model::registry::{Built, FamilyLoader, Probed};
+use crate::model::family::{Built, FamilyLoader, Probed};
 use crate::model::LanguageModel;
 use crate::model::{Arch, Linear, LlamaConfig, Proj};
 use crate::precision::Precision;
@@ -29,17 +29,45 @@ pub static LOADER: FamilyLoader = FamilyLoader {
     inspect_gguf: Some(inspect_gguf),
 };
 
-fn load_checkpoint(dir: &Path, config: &serde_json::Value, precision: Precision) -> Result<Built> {
-    let cfg = config_from_hf(&dir.join("config.json"), config)?;
-    let (model, text) =
-        finish(build_model_at(cfg, &SafetensorsSource::open_dir(dir)?, precision)?, TextCodec::from_dir(dir)?)?;
-    Ok(Built { model: Box::new(model), text })
+fn load_checkpoint(dir: &Path, _config: &serde_json::Value, precision: Precision) -> Result<Built> {
+    built(load_decoder_dir(dir, precision, config_from_hf, |_| {}))
 }
 
 fn inspect_checkpoint(dir: &Path, config: &serde_json::Value) -> Result<Probed> {
-    let cfg = config_from_hf(&dir.join("config.json"), config)?;
-    let src = SafetensorsSource::open_dir(dir)?;
-    probe(cfg, &src, TextCodec::from_dir(dir)?)
+    inspect_decoder_dir(dir, config, config_from_hf)
+}
+
+/// How a decoder family reads its `config.json` into the engine's configuration.
+pub type ParseConfig = fn(&Path, &serde_json::Value) -> Result<LlamaConfig>;
+
+/// Load a decoder checkpoint directory of any family on this engine: the configuration as
+/// `parse` reads it, the weights, then `adjust` on the built model (Gemma folds its norm
+/// offsets); the tokenizer is checked against the embedding.
+pub fn load_decoder_dir(
+    dir: &Path,
+    precision: Precision,
+    parse: ParseConfig,
+    adjust: fn(&mut LlamaModel<f32>),
+) -> Result<(LlamaModel<f32>, TextCodec)> {
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        return Err(Error::format(dir, "config.json is missing: not a transformers checkpoint directory"));
+    }
+    let cfg = parse(&cfg_path, &read_json(&cfg_path)?)?;
+    let mut model = build_model_at(cfg, &SafetensorsSource::open_dir(dir)?, precision)?;
+    adjust(&mut model);
+    finish(model, TextCodec::from_dir(dir)?)
+}
+
+/// [`crate::loader::inspect`] for a decoder checkpoint directory read by `parse`.
+pub fn inspect_decoder_dir(dir: &Path, config: &serde_json::Value, parse: ParseConfig) -> Result<Probed> {
+    let cfg = parse(&dir.join("config.json"), config)?;
+    probe(cfg, &SafetensorsSource::open_dir(dir)?, TextCodec::from_dir(dir)?)
+}
+
+/// A loaded decoder as the registry hands it out.
+pub fn built(loaded: Result<(LlamaModel<f32>, TextCodec)>) -> Result<Built> {
+    loaded.map(|(model, text)| Built { model: Box::new(model), text })
 }
 
 /// llama.cpp permutes the q/k rows of llama-architecture models only.
@@ -50,8 +78,7 @@ fn gguf_source<'a>(file: &'a GgufFile, cfg: &LlamaConfig) -> GgufSource<'a> {
 fn load_gguf(file: &GgufFile, precision: Precision) -> Result<Built> {
     let cfg = config_from_gguf(file)?;
     let src = gguf_source(file, &cfg);
-    let (model, text) = finish(build_model_at(cfg, &src, precision)?, TextCodec::from_gguf(file)?)?;
-    Ok(Built { model: Box::new(model), text })
+    built(finish(build_model_at(cfg, &src, precision)?, TextCodec::from_gguf(file)?))
 }
 
 fn inspect_gguf(file: &GgufFile) -> Result<Probed> {
@@ -156,12 +183,7 @@ pub fn load_llama(path: &Path) -> Result<(LlamaModel<f32>, TextCodec)> {
 /// [`load_llama`] with weight matrices kept at `precision`.
 pub fn load_llama_at(path: &Path, precision: Precision) -> Result<(LlamaModel<f32>, TextCodec)> {
     if path.is_dir() {
-        let cfg_path = path.join("config.json");
-        if !cfg_path.exists() {
-            return Err(Error::format(path, "config.json is missing: not a transformers checkpoint directory"));
-        }
-        let cfg = config_from_hf(&cfg_path, &read_json(&cfg_path)?)?;
-        finish(build_model_at(cfg, &SafetensorsSource::open_dir(path)?, precision)?, TextCodec::from_dir(path)?)
+        load_decoder_dir(path, precision, config_from_hf, |_| {})
     } else {
         let file = GgufFile::open(path)?;
         let cfg = config_from_gguf(&file)?;

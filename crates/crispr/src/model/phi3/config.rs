@@ -4,70 +4,59 @@ use std::path::Path;
 
 use serde_json::Value as Json;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::model::family::ConfigJson;
 use crate::model::{Arch, LlamaConfig};
 
 /// Parse the `config.json` of a Phi-3 model (`model_type` phi3). LongRoPE (the 128k-context
 /// models) and partial rotary embeddings are refused rather than computed wrongly.
 pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
-    let err = |m: String| Error::format(path, m);
-    let model_type = v.get("model_type").and_then(Json::as_str);
-    let by_class = v.get("architectures").and_then(Json::as_array).into_iter().flatten().any(|a| a == "Phi3ForCausalLM");
-    if model_type != Some("phi3") && !(model_type.is_none() && by_class) {
-        return Err(err(format!("not a Phi-3 configuration (model_type={model_type:?})")));
+    let c = ConfigJson::new(path, v);
+    let model_type = c.model_type(&[("Phi3ForCausalLM", "phi3")]);
+    if model_type != "phi3" {
+        return Err(c.error(format!("not a Phi-3 configuration (model_type={model_type:?})")));
     }
-    let get_usize = |k: &str| -> Result<usize> {
-        v.get(k)
-            .and_then(Json::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| err(format!("{k} is missing or not a whole number")))
-    };
-    let opt_usize = |k: &str| v.get(k).and_then(Json::as_u64).map(|x| x as usize);
     if let Some(act) = v.get("hidden_act").and_then(Json::as_str).filter(|a| *a != "silu") {
-        return Err(err(format!("hidden_act {act:?} is not supported (silu)")));
+        return Err(c.error(format!("hidden_act {act:?} is not supported (silu)")));
     }
     // transformers 5 keeps RoPE in `rope_parameters`; older configs in `rope_theta`/`rope_scaling`.
     let params = v.get("rope_parameters").filter(|p| p.is_object());
     let scaling = params.or_else(|| v.get("rope_scaling")).filter(|r| !r.is_null());
     if let Some(kind) = scaling.and_then(|r| r.get("rope_type").or_else(|| r.get("type"))).and_then(Json::as_str) {
         if kind != "default" {
-            return Err(err(format!(
+            return Err(c.error(format!(
                 "rope scaling {kind:?} is not supported (Phi-3 128k / Phi-3.5 LongRoPE): use a 4k-context model"
             )));
         }
     }
     let partial = params.and_then(|p| p.get("partial_rotary_factor")).or_else(|| v.get("partial_rotary_factor"));
     if let Some(f) = partial.and_then(Json::as_f64).filter(|f| *f != 1.0) {
-        return Err(err(format!("partial_rotary_factor {f} is not supported (1.0)")));
+        return Err(c.error(format!("partial_rotary_factor {f} is not supported (1.0)")));
     }
-    let rope_theta = v
-        .get("rope_theta")
-        .and_then(Json::as_f64)
-        .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(Json::as_f64))
-        .unwrap_or(10000.0);
-    let hidden = get_usize("hidden_size")?;
-    let heads = get_usize("num_attention_heads")?;
+    let rope_theta =
+        c.f64("rope_theta").or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(Json::as_f64)).unwrap_or(10000.0);
+    let (hidden, heads) = (c.usize("hidden_size")?, c.usize("num_attention_heads")?);
     let mut cfg = LlamaConfig {
         arch: Arch::Other("phi3"),
-        vocab_size: get_usize("vocab_size")?,
+        vocab_size: c.usize("vocab_size")?,
         hidden_size: hidden,
-        intermediate_size: get_usize("intermediate_size")?,
-        num_layers: get_usize("num_hidden_layers")?,
+        intermediate_size: c.usize("intermediate_size")?,
+        num_layers: c.usize("num_hidden_layers")?,
         num_heads: heads,
-        num_kv_heads: opt_usize("num_key_value_heads").unwrap_or(heads),
-        head_dim: opt_usize("head_dim").unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
-        rms_norm_eps: v.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-5),
+        num_kv_heads: c.opt_usize("num_key_value_heads").unwrap_or(heads),
+        head_dim: c.opt_usize("head_dim").unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
+        rms_norm_eps: c.f64("rms_norm_eps").unwrap_or(1e-5),
         rope_theta,
         rope_scaling: None,
-        tie_word_embeddings: v.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
-        sliding_window: opt_usize("sliding_window"),
+        tie_word_embeddings: c.bool("tie_word_embeddings").unwrap_or(false),
+        sliding_window: c.opt_usize("sliding_window"),
         attention_bias: false,
-        max_position_embeddings: opt_usize("max_position_embeddings").unwrap_or(4096),
+        max_position_embeddings: c.opt_usize("max_position_embeddings").unwrap_or(4096),
         ..LlamaConfig::default()
     };
     cfg.plain_options();
     cfg.fused = true;
-    cfg.validate().map_err(err)?;
+    cfg.validate().map_err(|m| c.error(m))?;
     Ok(cfg)
 }
 

@@ -8,7 +8,7 @@ use super::{Attention, Block, FeedForward, Stack, StackKind, T5Config, T5Model};
 use crate::error::{Error, Result};
 use crate::files::read_json;
 use crate::model::linear::Weights;
-use crate::model::registry::{Built, FamilyLoader, Probed};
+use crate::model::family::{Built, FamilyLoader, Probed};
 use crate::model::{LanguageModel, Linear};
 use crate::precision::Precision;
 use crate::text::{check_vocab, TextCodec};
