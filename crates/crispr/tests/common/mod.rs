@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fd;
 pub mod gguf_build;
 
 use std::collections::HashMap;
