@@ -430,15 +430,19 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
     Ok(cfg)
 }
 
-/// Parse GGUF metadata of a llama- or qwen2-architecture file.
+/// Parse GGUF metadata of a llama-, qwen2- or qwen3-architecture file.
 pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
     let path = &file.path;
     let arch_name = file.get("general.architecture").and_then(Value::as_str).unwrap_or("");
     let arch = match arch_name {
         "llama" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
+        "qwen3" => Arch::Qwen3,
         other => {
-            return Err(Error::format(path, format!("unknown GGUF architecture {other:?} (supported: llama, qwen2)")))
+            return Err(Error::format(
+                path,
+                format!("unknown GGUF architecture {other:?} (supported: llama, qwen2, qwen3)"),
+            ))
         }
     };
     let key = |k: &str| format!("{arch_name}.{k}");
@@ -485,6 +489,8 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
         ..LlamaConfig::default()
     };
     cfg.plain_options();
+    // llama.cpp's qwen3 stores the per-head norms as `attn_q_norm` / `attn_k_norm`.
+    cfg.qk_norm = arch == Arch::Qwen3;
     cfg.validate().map_err(|m| Error::format(path, m))?;
     Ok(cfg)
 }

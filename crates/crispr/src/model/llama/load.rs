@@ -22,7 +22,7 @@ pub static LOADER: FamilyLoader = FamilyLoader {
     name: "llama",
     model_types: &["llama", "mistral", "qwen2", "qwen3"],
     architectures: &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"],
-    gguf_architectures: &["llama", "qwen2"],
+    gguf_architectures: &["llama", "qwen2", "qwen3"],
     load_checkpoint,
     inspect_checkpoint,
     load_gguf: Some(load_gguf),
