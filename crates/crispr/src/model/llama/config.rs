@@ -432,7 +432,6 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
 
 /// Parse GGUF metadata of a llama-, qwen2- or qwen3-architecture file.
 pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
-    let path = &file.path;
     let arch_name = file.get("general.architecture").and_then(Value::as_str).unwrap_or("");
     let arch = match arch_name {
         "llama" => Arch::Llama,
@@ -440,11 +439,27 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
         "qwen3" => Arch::Qwen3,
         other => {
             return Err(Error::format(
-                path,
+                &file.path,
                 format!("unknown GGUF architecture {other:?} (supported: llama, qwen2, qwen3)"),
             ))
         }
     };
+    if file.tensor("rope_freqs.weight").is_some() {
+        return Err(Error::format(&file.path, "GGUF rope_freqs (Llama 3.1 rope scaling) is not supported yet"));
+    }
+    let mut cfg = gguf_sizes(file, arch_name)?;
+    cfg.arch = arch;
+    // llama.cpp's qwen3 stores the per-head norms as `attn_q_norm` / `attn_k_norm`.
+    cfg.qk_norm = arch == Arch::Qwen3;
+    cfg.validate().map_err(|m| Error::format(&file.path, m))?;
+    Ok(cfg)
+}
+
+/// The sizes, RoPE base, norm epsilon and context every llama.cpp architecture stores under
+/// `<arch>.…`, with the plain options set (the caller sets `arch` and its own options, then
+/// validates).
+pub fn gguf_sizes(file: &GgufFile, arch_name: &str) -> Result<LlamaConfig> {
+    let path = &file.path;
     let key = |k: &str| format!("{arch_name}.{k}");
     let req = |k: &str| -> Result<usize> {
         file.get(&key(k))
@@ -452,9 +467,6 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
             .map(|x| x as usize)
             .ok_or_else(|| Error::format(path, format!("metadata {} is missing", key(k))))
     };
-    if file.tensor("rope_freqs.weight").is_some() {
-        return Err(Error::format(path, "GGUF rope_freqs (Llama 3.1 rope scaling) is not supported yet"));
-    }
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
     let vocab = match file.get(&key("vocab_size")).and_then(Value::as_u64) {
@@ -468,7 +480,6 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
     let vocab =
         usize::try_from(vocab).map_err(|_| Error::format(path, format!("vocabulary size {vocab} is too large")))?;
     let mut cfg = LlamaConfig {
-        arch,
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: req("feed_forward_length")?,
@@ -489,9 +500,6 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
         ..LlamaConfig::default()
     };
     cfg.plain_options();
-    // llama.cpp's qwen3 stores the per-head norms as `attn_q_norm` / `attn_k_norm`.
-    cfg.qk_norm = arch == Arch::Qwen3;
-    cfg.validate().map_err(|m| Error::format(path, m))?;
     Ok(cfg)
 }
 

@@ -65,6 +65,24 @@ pub fn inspect_decoder_dir(dir: &Path, config: &serde_json::Value, parse: ParseC
     probe(cfg, &SafetensorsSource::open_dir(dir)?, TextCodec::from_dir(dir)?)
 }
 
+/// Load a decoder GGUF file of any family on this engine whose q/k rows llama.cpp does not
+/// permute, with the configuration `parse` reads from its metadata.
+pub fn load_decoder_gguf(
+    file: &GgufFile,
+    precision: Precision,
+    parse: fn(&GgufFile) -> Result<LlamaConfig>,
+) -> Result<(LlamaModel<f32>, TextCodec)> {
+    let cfg = parse(file)?;
+    let src = GgufSource { file, permuted_qk: None };
+    finish(build_model_at(cfg, &src, precision)?, TextCodec::from_gguf(file)?)
+}
+
+/// [`crate::loader::inspect`] for such a GGUF file.
+pub fn inspect_decoder_gguf(file: &GgufFile, parse: fn(&GgufFile) -> Result<LlamaConfig>) -> Result<Probed> {
+    let cfg = parse(file)?;
+    probe(cfg, &GgufSource { file, permuted_qk: None }, TextCodec::from_gguf(file)?)
+}
+
 /// A loaded decoder as the registry hands it out.
 pub fn built(loaded: Result<(LlamaModel<f32>, TextCodec)>) -> Result<Built> {
     loaded.map(|(model, text)| Built { model: Box::new(model), text })

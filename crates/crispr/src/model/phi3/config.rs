@@ -4,8 +4,10 @@ use std::path::Path;
 
 use serde_json::Value as Json;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, Value};
 use crate::model::family::ConfigJson;
+use crate::model::llama::config::gguf_sizes;
 use crate::model::{Arch, LlamaConfig};
 
 /// Parse the `config.json` of a Phi-3 model (`model_type` phi3). LongRoPE (the 128k-context
@@ -57,6 +59,26 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
     cfg.plain_options();
     cfg.fused = true;
     cfg.validate().map_err(|m| c.error(m))?;
+    Ok(cfg)
+}
+
+/// Parse the metadata of a llama.cpp `phi3` GGUF file (4k-context models: a file carrying
+/// LongRoPE factors, or rotating only part of each head, is refused).
+pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
+    let err = |m: String| Error::format(&file.path, m);
+    if file.tensor("rope_factors_long.weight").is_some() || file.tensor("rope_factors_short.weight").is_some() {
+        return Err(err("LongRoPE factors (Phi-3 128k / Phi-3.5) are not supported: use a 4k-context model".into()));
+    }
+    let mut cfg = gguf_sizes(file, "phi3")?;
+    if let Some(dims) = file.get("phi3.rope.dimension_count").and_then(Value::as_u64) {
+        if dims as usize != cfg.head_dim {
+            return Err(err(format!("partial rotary embeddings ({dims} of {} dimensions) are not supported", cfg.head_dim)));
+        }
+    }
+    cfg.arch = Arch::Other("phi3");
+    cfg.sliding_window = file.get("phi3.attention.sliding_window").and_then(Value::as_u64).map(|w| w as usize);
+    cfg.fused = true;
+    cfg.validate().map_err(err)?;
     Ok(cfg)
 }
 
