@@ -80,7 +80,7 @@ impl Settings {
         }
     }
 
-    fn is_compat(&self) -> bool {
+    pub fn is_compat(&self) -> bool {
         self.compat.as_deref() == Some("biasneuron")
     }
 }
@@ -117,6 +117,11 @@ impl Scores {
         let per_site =
             sites.iter().map(|s| if s.universe == universe { vec![0.0; s.width] } else { Vec::new() }).collect();
         Scores { universe, per_site }
+    }
+
+    /// `self += other`, element by element.
+    pub fn add(&mut self, other: &Scores) {
+        self.add_scaled(other, 1.0);
     }
 
     fn add_scaled(&mut self, other: &Scores, w: f64) {
@@ -199,6 +204,24 @@ fn reduce_tokens(act: &[f32], grad: &[f32], width: usize, agg: TokenAgg, out: &m
 /// Attribute one instruction: `B_i(ι)` over `instances` (method.md steps 1–2, or the re-release's
 /// batched form under `compat`). `progress` is called after each instance.
 pub fn attribute_instruction(
+    model: &dyn LanguageModel<f32>,
+    instances: &[Instance],
+    settings: &Settings,
+    progress: &mut dyn FnMut(&InstanceTrace),
+) -> Scores {
+    let mut total = attribute_sum(model, instances, settings, progress);
+    let n = instances.len().max(1) as f64;
+    for v in total.per_site.iter_mut().flatten() {
+        *v /= n;
+    }
+    total
+}
+
+/// `Σ` over `instances` of what [`attribute_instruction`] averages: sums of consecutive chunks,
+/// added in order and divided by the total count, give the per-instruction score (chunk sizes a
+/// multiple of [`COMPAT_BATCH`] under `compat`, so that the batches fall where one pass over all
+/// instances puts them).
+pub fn attribute_sum(
     model: &dyn LanguageModel<f32>,
     instances: &[Instance],
     settings: &Settings,
@@ -310,10 +333,6 @@ pub fn attribute_instruction(
     }
     if compat && in_batch > 0 {
         fold_batch(&mut total, &batch_bias, &batch_gold, settings.lambda);
-    }
-    let n = instances.len().max(1) as f64;
-    for v in total.per_site.iter_mut().flatten() {
-        *v /= n;
     }
     total
 }

@@ -47,7 +47,7 @@ use crate::data::{Example, Task, TaskKind};
 use crate::rng::SplitMix64;
 
 /// The model's answer to one example under one instruction.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// Index into `task.examples`.
     pub example: usize,

@@ -12,229 +12,28 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::attribution::{attribute_instruction, attribute_skill, Instance, Scores, Settings};
+use crate::attribution::{attribute_skill, Instance, Scores};
 use crate::data::{self, split::sample_indices, split_indices, InstructionSet, Split, Task};
 use crate::diagnostics::{probe, ActivationStats};
 use crate::error::{Error, Result};
-use crate::evaluate::{evaluate, EvalOptions, Mode};
+use crate::evaluate::{Evaluation, Mode};
+use crate::executor::{Executor, InProcess};
 use crate::export::{write_pruned, RowsByModule};
 use crate::files::{atomic_write, write_scores};
 use crate::loader::{LoadedModel, ModelFormat};
-use crate::metrics::{metrics_json, summarize, Outcome};
+use crate::metrics::{instruction_metrics, metrics_json, summarize, Outcome};
 use crate::prune::{prune, random_neurons, Neuron};
 use crate::retention::{mean_kl, neutral_distributions, RetentionConstraint};
 use crate::score::encode;
-use crate::selection::{rank_candidates, top_skill_neurons, Excluded, SelectionConfig};
+use crate::selection::{rank_candidates, top_skill_neurons, Excluded};
 use crate::verdict::{judge, means, paired_deltas, Outcomes, TaskDeltas, Verdict};
+use crate::work::{
+    chunks, neuron_pairs, read_attribution, read_f64_scores, read_kl, read_outcomes, write_f64_scores, Unit,
+    WorkerSetup, Workspace, WORKER_SETUP,
+};
 
-/// Everything that determines a run's results. Written as `config.toml`; `crispr run --config`
-/// replays it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunConfig {
-    /// Model as given (`default` for the built-in one).
-    pub model: String,
-    pub task: String,
-    pub retain: Vec<String>,
-    pub preset: String,
-    pub split_seed: u64,
-    pub attribution: AttributionConfig,
-    pub search: SearchConfig,
-    pub test: TestConfig,
-    /// How candidates are ranked and filtered (the default is the paper's global ranking).
-    #[serde(default, skip_serializing_if = "SelectionConfig::is_faithful")]
-    pub selection: SelectionConfig,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttributionConfig {
-    /// Dev instances per seed.
-    pub samples: usize,
-    pub seeds: Vec<u64>,
-    /// Use the first this many instructions of the task's set (`0` = all).
-    pub instructions: usize,
-    pub settings: Settings,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchConfig {
-    pub lo: usize,
-    pub hi: usize,
-    /// Golden-section search stops at a bracket this wide, then sweeps it.
-    pub final_width: usize,
-    /// Dev instances evaluated per candidate n (`0` = the whole dev split).
-    pub dev_limit: usize,
-    pub instructions: usize,
-    pub seed: u64,
-    /// Retention constraint: n is chosen among the values that respect it on dev.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub constraint: Option<RetentionConstraint>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TestConfig {
-    /// Test instances of the target task (`0` = all).
-    pub limit: usize,
-    pub instructions: usize,
-    /// Test instances of each retained task (`0` = all).
-    pub retain_limit: usize,
-    pub retain_instructions: usize,
-    /// Seeds of the random-pruning control.
-    pub random_seeds: Vec<u64>,
-    pub seed: u64,
-}
-
-impl RunConfig {
-    /// `quick`: documented subsets that finish in minutes on 2 cores for a 135M model.
-    /// `paper`: the paper's protocol (20 dev instances × 10 instructions for attribution, the whole
-    /// dev split for the search over [0, 500], the whole test split, 3 random seeds).
-    pub fn preset(name: &str, model: &str, task: &str, retain: Vec<String>) -> Result<RunConfig> {
-        let base = |attribution, search, test| RunConfig {
-            model: model.to_string(),
-            task: task.to_string(),
-            retain: retain.clone(),
-            preset: name.to_string(),
-            split_seed: 0,
-            attribution,
-            search,
-            test,
-            selection: SelectionConfig::default(),
-        };
-        match name {
-            "quick" => Ok(base(
-                AttributionConfig { samples: 8, seeds: vec![2026], instructions: 3, settings: Settings::default() },
-                SearchConfig {
-                    lo: 0,
-                    hi: 48,
-                    final_width: 4,
-                    dev_limit: 16,
-                    instructions: 2,
-                    seed: 0,
-                    constraint: None,
-                },
-                TestConfig {
-                    limit: 32,
-                    instructions: 2,
-                    retain_limit: 8,
-                    retain_instructions: 2,
-                    random_seeds: vec![1, 2],
-                    seed: 0,
-                },
-            )),
-            "paper" => Ok(base(
-                AttributionConfig { samples: 20, seeds: vec![2026], instructions: 0, settings: Settings::default() },
-                SearchConfig {
-                    lo: 0,
-                    hi: 500,
-                    final_width: 4,
-                    dev_limit: 0,
-                    instructions: 0,
-                    seed: 0,
-                    constraint: None,
-                },
-                TestConfig {
-                    limit: 0,
-                    instructions: 0,
-                    retain_limit: 0,
-                    retain_instructions: 0,
-                    random_seeds: vec![1, 2, 3],
-                    seed: 0,
-                },
-            )),
-            "retain" => {
-                // The paper's attribution, then selection that keeps skills: no rows writing
-                // massive-activation dimensions, the retained
-                // tasks' top skill neurons protected, and n searched under a retention constraint
-                // (no checked skill drops by more than 1 point on dev; KL on neutral prompts).
-                let mut cfg = base(
-                    AttributionConfig {
-                        samples: 20,
-                        seeds: vec![2026],
-                        instructions: 0,
-                        settings: Settings::default(),
-                    },
-                    SearchConfig {
-                        lo: 0,
-                        hi: 200,
-                        final_width: 4,
-                        dev_limit: 40,
-                        instructions: 3,
-                        seed: 0,
-                        constraint: Some(RetentionConstraint {
-                            max_drop: Some(1.0),
-                            max_kl: Some(0.1),
-                            retain_dev_limit: 30,
-                            retain_instructions: 2,
-                            kl_prompts: 16,
-                        }),
-                    },
-                    TestConfig {
-                        limit: 100,
-                        instructions: 10,
-                        retain_limit: 30,
-                        retain_instructions: 5,
-                        random_seeds: vec![1, 2],
-                        seed: 0,
-                    },
-                );
-                cfg.selection = SelectionConfig {
-                    // Per-module normalisation stays a switch: it was not measured at size.
-                    normalize: false,
-                    exclude_massive: true,
-                    protect: retain.clone(),
-                    protect_top: 200,
-                    protect_samples: 8,
-                    protect_instructions: 2,
-                    ablate_top: 0,
-                };
-                Ok(cfg)
-            }
-            other => Err(Error::msg(format!("unknown preset {other:?} (quick, paper or retain)"))),
-        }
-    }
-
-    /// Reject settings that would crash a stage or silently compute something else than asked
-    /// (a hand-edited config.toml). Returns the first problem, naming the key.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let a = &self.attribution;
-        if self.task.trim().is_empty() {
-            return Err("task is empty".into());
-        }
-        if a.samples == 0 {
-            return Err("attribution.samples is 0: nothing would be attributed".into());
-        }
-        if a.seeds.is_empty() {
-            return Err("attribution.seeds is empty".into());
-        }
-        if !a.settings.lambda.is_finite() {
-            return Err(format!("attribution.settings.lambda = {} is not a finite number", a.settings.lambda));
-        }
-        match a.settings.compat.as_deref() {
-            None | Some("biasneuron") => {}
-            Some(other) => {
-                return Err(format!("attribution.settings.compat = {other:?} is unknown (known: biasneuron)"))
-            }
-        }
-        let s = &self.search;
-        if s.lo > s.hi {
-            return Err(format!("search.lo = {} is larger than search.hi = {}", s.lo, s.hi));
-        }
-        if s.final_width == 0 {
-            return Err("search.final_width must be at least 1".into());
-        }
-        Ok(())
-    }
-}
-
-/// Progress reporting, implemented by the command line (bars with ETA).
-pub trait Progress {
-    fn stage(&mut self, name: &str, total: u64);
-    fn tick(&mut self);
-    fn note(&mut self, msg: &str);
-}
+pub use crate::run_config::{AttributionConfig, Chunks, RunConfig, SearchConfig, SearchMethod, TestConfig};
+pub use crate::work::Progress;
 
 /// Results of a run (the content of `metrics.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -249,6 +48,9 @@ pub struct RunResult {
     pub bias_neurons: Vec<crate::files::RankedNeuron>,
     /// The pruned model's file or directory name inside the run directory.
     pub pruned_model: String,
+    /// Wall-clock seconds per stage (for the report; kept in `timings.json`, not in
+    /// `metrics.json`, whose bytes depend on the inputs only).
+    #[serde(skip_serializing, default)]
     pub seconds: BTreeMap<String, f64>,
     /// Retention measures at every n the search evaluated (constrained searches only).
     #[serde(default)]
@@ -335,15 +137,30 @@ struct Env<'a> {
     cfg: &'a RunConfig,
     data_dir: PathBuf,
     progress: &'a mut dyn Progress,
+    executor: &'a mut dyn Executor,
 }
 
-/// Run (or resume) the job described by `cfg` in `dir` on the already loaded model.
+/// Run (or resume) the job described by `cfg` in `dir` on the already loaded model, computing
+/// every unit of work in this process.
 pub fn run(
     cfg: &RunConfig,
     loaded: &mut LoadedModel,
     dir: &Path,
     data_dir: PathBuf,
     progress: &mut dyn Progress,
+) -> Result<RunResult> {
+    run_with(cfg, loaded, dir, data_dir, progress, &mut InProcess)
+}
+
+/// [`run`] with the units of attribution, search and test computed by `executor`. The results
+/// are the same bytes whatever the executor.
+pub fn run_with(
+    cfg: &RunConfig,
+    loaded: &mut LoadedModel,
+    dir: &Path,
+    data_dir: PathBuf,
+    progress: &mut dyn Progress,
+    executor: &mut dyn Executor,
 ) -> Result<RunResult> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg_path = dir.join("config.toml");
@@ -362,7 +179,13 @@ pub fn run(
         }
         Err(_) => atomic_write(&cfg_path, cfg_text.as_bytes())?,
     }
-    let mut env = Env { dir, cfg, data_dir, progress };
+    // What worker processes need to load the same model and data.
+    let setup = WorkerSetup {
+        model: std::path::absolute(loaded.format.path()).map_err(|e| Error::io(loaded.format.path(), e))?,
+        data_dir: std::path::absolute(&data_dir).map_err(|e| Error::io(&data_dir, e))?,
+    };
+    write_json(&dir.join(WORKER_SETUP), &json!(setup))?;
+    let mut env = Env { dir, cfg, data_dir, progress, executor };
     let mut seconds = Timings::load(&env.dir.join("timings.json"));
     let task = data::load_task(&cfg.task, &env.data_dir)?;
     let set = data::default_instructions(&task, &env.data_dir)?;
@@ -397,7 +220,7 @@ pub fn run(
     seconds.add("selection", t.elapsed().as_secs_f64())?;
 
     let t = std::time::Instant::now();
-    let (n_selected, points) = search_stage(&mut env, loaded, &task, &set, &ranked)?;
+    let (n_selected, points) = search_stage(&mut env, loaded, &ranked)?;
     let search: Vec<(usize, f64)> = points.iter().map(|p| (p.n, p.acc)).collect();
     seconds.add("search", t.elapsed().as_secs_f64())?;
 
@@ -405,10 +228,7 @@ pub fn run(
     let mut tasks = BTreeMap::new();
     let mut outcomes = BTreeMap::new();
     let crispr_neurons = &ranked[..n_selected.min(ranked.len())];
-    let mut targets = vec![(cfg.task.clone(), cfg.test.limit, cfg.test.instructions)];
-    targets.extend(cfg.retain.iter().map(|r| (r.clone(), cfg.test.retain_limit, cfg.test.retain_instructions)));
-    for (name, limit, k) in targets {
-        let (res, outs) = test_stage(&mut env, loaded, &name, limit, k, crispr_neurons, scores.universe)?;
+    for (name, (res, outs)) in test_stage(&mut env, loaded, crispr_neurons, scores.universe)? {
         tasks.insert(name.clone(), res);
         outcomes.insert(name, outs);
     }
@@ -490,12 +310,24 @@ impl Timings {
     }
 }
 
-/// Attribution on the dev sample, cached per (seed, instruction) in `attribution/partial/`.
-fn attribution_stage(env: &mut Env<'_>, loaded: &LoadedModel, task: &Task, set: &InstructionSet) -> Result<Scores> {
-    let cfg = &env.cfg.attribution;
+/// Hand `units` to the run's executor.
+fn run_units(env: &mut Env<'_>, loaded: &mut LoadedModel, stage: &str, units: &[Unit]) -> Result<()> {
+    let Env { dir, cfg, data_dir, progress, executor } = env;
+    let mut ws = Workspace::new(dir, cfg, data_dir, loaded);
+    executor.run(stage, units, &mut ws, &mut **progress)
+}
+
+/// A task name as a folder name.
+fn slug(task: &str) -> String {
+    task.replace([':', '/'], "_")
+}
+
+/// Attribution on the dev sample: one unit per (seed, instruction, chunk of instances), each an
+/// unnormalised f64 sum in `attribution/partial/`; the parts of an instruction are added in order
+/// and divided by its instance count, then averaged over instructions and seeds.
+fn attribution_stage(env: &mut Env<'_>, loaded: &mut LoadedModel, task: &Task, set: &InstructionSet) -> Result<Scores> {
+    let cfg = env.cfg.attribution.clone();
     let out = env.dir.join("attribution");
-    let partial = out.join("partial");
-    std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     let set = first_k(set, cfg.instructions);
     let dev = split_indices(task, Split::Dev, env.cfg.split_seed, data::split::DEV_FRACTION);
     if cfg.samples > dev.len() {
@@ -506,36 +338,48 @@ fn attribution_stage(env: &mut Env<'_>, loaded: &LoadedModel, task: &Task, set: 
             cfg.samples
         )));
     }
-    let sites = loaded.model.sites();
-    let style = loaded.prompt_style(false);
-    env.progress.stage("attribution", (cfg.seeds.len() * set.items.len() * cfg.samples) as u64);
-    let mut per_seed = Vec::new();
+    let mut units = Vec::new();
+    // Per seed: per instruction, the range of its units and its instance count.
+    let mut groups: Vec<Vec<(std::ops::Range<usize>, usize)>> = Vec::new();
     for &seed in &cfg.seeds {
         let indices = sample_indices(&dev, cfg.samples, seed);
         let mut per_instruction = Vec::new();
-        for (k, ins) in set.items.iter().enumerate() {
-            let cache = partial.join(format!("seed{seed}-instruction{k}.safetensors"));
-            if let Ok(s) = read_f64_scores(&cache, sites, cfg.settings.universe) {
-                for _ in 0..indices.len() {
-                    env.progress.tick();
-                }
-                per_instruction.push(s);
-                continue;
+        for k in 0..set.items.len() {
+            let start = units.len();
+            for (c, part) in chunks(&indices, env.cfg.chunks.attribution).into_iter().enumerate() {
+                units.push(Unit::Attribute {
+                    instruction: k,
+                    indices: part,
+                    out: format!("attribution/partial/seed{seed}-instruction{k}-part{c}.safetensors"),
+                });
             }
-            let instances = indices
-                .iter()
-                .map(|&i| {
-                    let p = ins.render(&task.examples[i])?;
-                    let enc = encode(&loaded.text, style, &p.text, &p.candidates)?;
-                    Ok(Instance { prompt: enc.prompt, candidates: enc.candidates, gold: p.label })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let progress = &mut *env.progress;
-            let s = attribute_instruction(loaded.model.as_ref(), &instances, &cfg.settings, &mut |_| progress.tick());
-            write_f64_scores(&cache, sites, &s)?;
-            per_instruction.push(s);
+            per_instruction.push((start..units.len(), indices.len()));
         }
-        per_seed.push(Scores::mean(&per_instruction).ok_or_else(|| Error::msg("no instructions"))?);
+        groups.push(per_instruction);
+    }
+    run_units(env, loaded, "attribution", &units)?;
+    let sites = loaded.model.sites();
+    let universe = cfg.settings.universe;
+    let mut per_seed = Vec::new();
+    for per_instruction in groups {
+        let mut means = Vec::new();
+        for (range, n) in per_instruction {
+            let mut total: Option<Scores> = None;
+            for unit in &units[range] {
+                let part = read_attribution(env.dir, unit, sites, universe)?;
+                match &mut total {
+                    None => total = Some(part),
+                    Some(t) => t.add(&part),
+                }
+            }
+            let mut total = total.ok_or_else(|| Error::msg("an instruction without units"))?;
+            let n = n.max(1) as f64;
+            for v in total.per_site.iter_mut().flatten() {
+                *v /= n;
+            }
+            means.push(total);
+        }
+        per_seed.push(Scores::mean(&means).ok_or_else(|| Error::msg("no instructions"))?);
     }
     let scores = Scores::mean(&per_seed).ok_or_else(|| Error::msg("no attribution seeds"))?;
     let meta = json!({
@@ -550,120 +394,146 @@ fn attribution_stage(env: &mut Env<'_>, loaded: &LoadedModel, task: &Task, set: 
     Ok(scores)
 }
 
-/// Per-instruction partial scores, kept in f64 so a resumed run is bit-identical.
-fn write_f64_scores(path: &Path, sites: &[crate::model::SiteInfo], scores: &Scores) -> Result<()> {
-    let tensors: Vec<(String, Vec<u8>, usize)> = sites
-        .iter()
-        .zip(&scores.per_site)
-        .filter(|(s, _)| s.universe == scores.universe)
-        .map(|(s, v)| (s.name.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.len()))
-        .collect();
-    let views = tensors
-        .iter()
-        .map(|(n, b, len)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![*len], b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::msg(format!("{e:?}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, &None).map_err(|e| Error::msg(format!("{e:?}")))?;
-    atomic_write(path, &bytes)
-}
-
-fn read_f64_scores(path: &Path, sites: &[crate::model::SiteInfo], universe: crate::model::Universe) -> Result<Scores> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("{e:?}")))?;
-    let mut scores = Scores::zeros(sites, universe);
-    for (i, s) in sites.iter().enumerate().filter(|(_, s)| s.universe == universe) {
-        let v = st.tensor(&s.name).map_err(|e| Error::format(path, format!("{e:?}")))?;
-        if v.shape() != [s.width] || v.dtype() != safetensors::Dtype::F64 {
-            return Err(Error::format(path, "shape mismatch"));
+/// Units that evaluate `task` under its instructions `0..k` on `indices` with `neurons` pruned,
+/// written under `prefix` (one per instruction and chunk of instances).
+fn eval_units(env: &Env<'_>, task: &str, k: usize, indices: &[usize], neurons: &[Neuron], prefix: &str) -> Vec<Unit> {
+    let pairs = neuron_pairs(neurons);
+    let mut units = Vec::new();
+    for i in 0..k {
+        for (c, part) in chunks(indices, env.cfg.chunks.eval).into_iter().enumerate() {
+            units.push(Unit::Evaluate {
+                task: task.to_string(),
+                instruction: i,
+                indices: part,
+                neurons: pairs.clone(),
+                out: format!("{prefix}/i{i}-c{c}.json"),
+            });
         }
-        scores.per_site[i] = v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8"))).collect();
     }
-    Ok(scores)
+    units
 }
 
-/// Dev accuracy (mean over instructions) of a task with `neurons` pruned, and the mean
-/// disambiguated accuracy where the task has one (BBQ).
-fn dev_accuracy(
-    env: &mut Env<'_>,
-    loaded: &mut LoadedModel,
-    task: &Task,
-    set: &InstructionSet,
-    indices: &[usize],
-    neurons: &[Neuron],
-) -> Result<(f64, Option<f64>)> {
-    let pruned = prune(loaded.model.as_mut(), neurons);
-    let progress = &mut *env.progress;
-    let result = evaluate(loaded, task, set, indices, &EvalOptions::default(), &mut || progress.tick());
-    pruned.restore(loaded.model.as_mut());
-    let result = result?;
+/// The evaluation that `units` (from [`eval_units`], all done) make up, as [`evaluate`] returns it.
+fn merge_eval(dir: &Path, task: &Task, set: &InstructionSet, units: &[Unit]) -> Result<Evaluation> {
+    let mut out: Vec<Vec<Outcome>> = vec![Vec::new(); set.items.len()];
+    for unit in units {
+        if let Unit::Evaluate { instruction, .. } = unit {
+            let slot = out.get_mut(*instruction).ok_or_else(|| Error::msg("unit outside the instruction set"))?;
+            slot.extend(read_outcomes(dir, unit)?);
+        }
+    }
+    Ok(set.items.iter().zip(out).map(|(ins, o)| (instruction_metrics(task, &ins.id, &o), o)).collect())
+}
+
+/// Mean accuracy over instructions, and the mean disambiguated accuracy where the task has one.
+fn mean_accuracy(result: &Evaluation) -> (f64, Option<f64>) {
     let k = result.len().max(1) as f64;
     let acc = result.iter().map(|(m, _)| m.acc).sum::<f64>() / k;
     let dis: Vec<f64> = result.iter().filter_map(|(m, _)| m.acc_disambig).collect();
     let disambig = (!dis.is_empty()).then(|| dis.iter().sum::<f64>() / dis.len() as f64);
-    Ok((acc, disambig))
+    (acc, disambig)
 }
 
-/// What a retention-constrained search evaluates besides the target.
-struct RetentionProbe {
-    constraint: RetentionConstraint,
-    /// (name, task, instructions, dev indices) of every retained task.
-    tasks: Vec<(String, Task, InstructionSet, Vec<usize>)>,
-    /// The original model's neutral next-token distributions.
-    reference: Vec<Vec<f64>>,
+/// One task evaluated on dev during the search.
+struct DevTask {
+    name: String,
+    task: Task,
+    set: InstructionSet,
+    indices: Vec<usize>,
 }
 
-impl RetentionProbe {
-    fn new(env: &Env<'_>, loaded: &LoadedModel, constraint: &RetentionConstraint) -> Result<RetentionProbe> {
-        let mut tasks = Vec::new();
-        if constraint.max_drop.is_some() {
+impl DevTask {
+    fn new(env: &Env<'_>, name: &str, instructions: usize, limit: usize, seed: u64) -> Result<DevTask> {
+        let task = data::load_task(name, &env.data_dir)?;
+        let set = first_k(&data::default_instructions(&task, &env.data_dir)?, instructions);
+        let dev = split_indices(&task, Split::Dev, env.cfg.split_seed, data::split::DEV_FRACTION);
+        Ok(DevTask { name: name.to_string(), task, indices: subset(dev, limit, seed), set })
+    }
+
+    fn units(&self, env: &Env<'_>, n: usize, neurons: &[Neuron]) -> Vec<Unit> {
+        let prefix = format!("search/n{n}/{}", slug(&self.name));
+        eval_units(env, &self.name, self.set.items.len(), &self.indices, neurons, &prefix)
+    }
+}
+
+/// Evaluates values of n on dev (the target and, under a retention constraint, every measure the
+/// constraint checks), a batch at a time, remembering every point in `search.json`.
+struct Searcher {
+    target: DevTask,
+    constraint: Option<RetentionConstraint>,
+    /// Retained tasks (when the constraint bounds their drop).
+    retained: Vec<DevTask>,
+    memo: BTreeMap<usize, SearchPoint>,
+    path: PathBuf,
+}
+
+impl Searcher {
+    fn new(env: &Env<'_>, target: DevTask) -> Result<Searcher> {
+        let constraint = env.cfg.search.constraint.clone();
+        let mut retained = Vec::new();
+        if let Some(c) = constraint.as_ref().filter(|c| c.max_drop.is_some()) {
             for name in &env.cfg.retain {
-                let task = data::load_task(name, &env.data_dir)?;
-                let set = first_k(&data::default_instructions(&task, &env.data_dir)?, constraint.retain_instructions);
-                let dev = split_indices(&task, Split::Dev, env.cfg.split_seed, data::split::DEV_FRACTION);
-                let indices = subset(dev, constraint.retain_dev_limit, env.cfg.search.seed);
-                tasks.push((name.clone(), task, set, indices));
+                retained.push(DevTask::new(env, name, c.retain_instructions, c.retain_dev_limit, env.cfg.search.seed)?);
             }
         }
-        let reference = match constraint.max_kl {
-            Some(_) => neutral_distributions(loaded, constraint.kl_prompts)?,
-            None => Vec::new(),
-        };
-        Ok(RetentionProbe { constraint: constraint.clone(), tasks, reference })
+        let path = env.dir.join("search.json");
+        let memo = read_json(&path)
+            .and_then(|v| serde_json::from_value::<Vec<SearchPoint>>(v).ok())
+            .map(|v| v.into_iter().map(|p| (p.n, p)).collect())
+            .unwrap_or_default();
+        Ok(Searcher { target, constraint, retained, memo, path })
     }
 
-    fn evaluations_per_point(&self) -> usize {
-        self.tasks.iter().map(|(_, _, set, idx)| set.items.len() * idx.len()).sum()
-    }
-
-    /// Retained accuracies and KL with `neurons` pruned.
-    fn measure(
-        &self,
+    /// The points of `ns` (evaluating, in one batch of units, those not seen before).
+    fn points(
+        &mut self,
         env: &mut Env<'_>,
         loaded: &mut LoadedModel,
-        neurons: &[Neuron],
-    ) -> Result<(BTreeMap<String, f64>, Option<f64>)> {
-        let mut retained = BTreeMap::new();
-        for (name, task, set, indices) in &self.tasks {
-            retained.insert(name.clone(), dev_accuracy(env, loaded, task, set, indices, neurons)?.0);
+        ranked: &[Neuron],
+        ns: &[usize],
+    ) -> Result<Vec<SearchPoint>> {
+        let mut todo: Vec<usize> = ns.iter().copied().filter(|n| !self.memo.contains_key(n)).collect();
+        todo.sort_unstable();
+        todo.dedup();
+        if !todo.is_empty() {
+            // Per n: target units, retained units per task, KL unit.
+            let mut plan = Vec::new();
+            let mut all = Vec::new();
+            for &n in &todo {
+                let neurons = &ranked[..n];
+                let target = self.target.units(env, n, neurons);
+                let retained: Vec<Vec<Unit>> = self.retained.iter().map(|t| t.units(env, n, neurons)).collect();
+                let kl = self.constraint.as_ref().and_then(|c| c.max_kl.map(|_| c.kl_prompts)).map(|prompts| {
+                    Unit::Kl { prompts, neurons: neuron_pairs(neurons), out: format!("search/n{n}/kl.json") }
+                });
+                all.extend(target.iter().cloned());
+                all.extend(retained.iter().flatten().cloned());
+                all.extend(kl.iter().cloned());
+                plan.push((n, target, retained, kl));
+            }
+            let label = todo.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+            run_units(env, loaded, &format!("search n={label}"), &all)?;
+            for (n, target, retained, kl) in plan {
+                let (acc, acc_disambig) =
+                    mean_accuracy(&merge_eval(env.dir, &self.target.task, &self.target.set, &target)?);
+                let mut accs = BTreeMap::new();
+                for (t, units) in self.retained.iter().zip(&retained) {
+                    accs.insert(t.name.clone(), mean_accuracy(&merge_eval(env.dir, &t.task, &t.set, units)?).0);
+                }
+                let kl = kl.map(|u| read_kl(env.dir, &u)).transpose()?;
+                self.memo.insert(n, SearchPoint { n, acc, acc_disambig, retained: accs, kl, feasible: true });
+            }
+            let list: Vec<&SearchPoint> = self.memo.values().collect();
+            write_json(&self.path, &json!(list))?;
         }
-        let kl = if self.reference.is_empty() {
-            None
-        } else {
-            let pruned = prune(loaded.model.as_mut(), neurons);
-            let kl = mean_kl(loaded, &self.reference);
-            pruned.restore(loaded.model.as_mut());
-            Some(kl?)
-        };
-        Ok((retained, kl))
+        Ok(ns.iter().map(|n| self.memo[n].clone()).collect())
     }
 
     /// How far `p` exceeds the constraint relative to its limits (0: feasible).
     fn violation(&self, p: &SearchPoint, base: &SearchPoint) -> f64 {
+        let Some(c) = &self.constraint else { return 0.0 };
         let mut v: f64 = 0.0;
-        if let Some(eps) = self.constraint.max_drop {
+        if let Some(eps) = c.max_drop {
             let eps_scale = eps.max(0.5);
             for (name, acc) in &p.retained {
                 if let Some(b) = base.retained.get(name) {
@@ -674,95 +544,57 @@ impl RetentionProbe {
                 v = v.max((b - d - eps) / eps_scale);
             }
         }
-        if let (Some(delta), Some(kl)) = (self.constraint.max_kl, p.kl) {
+        if let (Some(delta), Some(kl)) = (c.max_kl, p.kl) {
             v = v.max((kl - delta) / delta.max(1e-6));
         }
         v.max(0.0)
     }
 }
 
-/// Golden-section search for the best n on dev, then a sweep of the final bracket. Under a
-/// retention constraint, an n that breaks it scores below every n that keeps it (worse the more
-/// it breaks it), so the search moves back into the feasible range, and the chosen n is the best
-/// *feasible* one evaluated — n = 0 always is. Every evaluated n is cached in `search.json`.
-fn search_stage(
-    env: &mut Env<'_>,
-    loaded: &mut LoadedModel,
-    task: &Task,
-    set: &InstructionSet,
-    ranked: &[Neuron],
-) -> Result<(usize, Vec<SearchPoint>)> {
+/// Golden-section search for the best n on dev (or `grid:K`: K values at once, then K around the
+/// best), then a sweep of the final bracket. Under a retention constraint, an n that breaks it
+/// scores below every n that keeps it (worse the more it breaks it), so the search moves back
+/// into the feasible range, and the chosen n is the best *feasible* one evaluated — n = 0 always
+/// is. Every evaluated n is cached in `search.json`.
+fn search_stage(env: &mut Env<'_>, loaded: &mut LoadedModel, ranked: &[Neuron]) -> Result<(usize, Vec<SearchPoint>)> {
     let cfg = env.cfg.search.clone();
     if cfg.lo > cfg.hi {
         return Err(Error::msg(format!("search range [{}, {}] is empty (lo > hi)", cfg.lo, cfg.hi)));
     }
-    let set = first_k(set, cfg.instructions);
-    let dev = split_indices(task, Split::Dev, env.cfg.split_seed, data::split::DEV_FRACTION);
-    let indices = subset(dev, cfg.dev_limit, cfg.seed);
-    let path = env.dir.join("search.json");
-    let mut memo: BTreeMap<usize, SearchPoint> = read_json(&path)
-        .and_then(|v| serde_json::from_value::<Vec<SearchPoint>>(v).ok())
-        .map(|v| v.into_iter().map(|p| (p.n, p)).collect())
-        .unwrap_or_default();
-    let probe = match &cfg.constraint {
-        Some(c) => Some(RetentionProbe::new(env, loaded, c)?),
-        None => None,
-    };
+    let target = DevTask::new(env, &env.cfg.task, cfg.instructions, cfg.dev_limit, cfg.seed)?;
+    let mut searcher = Searcher::new(env, target)?;
     let hi = cfg.hi.min(ranked.len());
     let lo = cfg.lo.min(hi);
-    // Upper bound on evaluations, for the progress bar: golden steps plus the final sweep.
-    let steps = (((hi - lo).max(1) as f64 / cfg.final_width.max(1) as f64).ln() / 1.618f64.ln()).ceil() as u64 + 4;
-    let per_point = indices.len() * set.items.len() + probe.as_ref().map_or(0, |p| p.evaluations_per_point());
-    env.progress.stage("search n", (steps + cfg.final_width as u64) * per_point as u64);
-    let mut eval = |env: &mut Env<'_>, loaded: &mut LoadedModel, n: usize| -> Result<SearchPoint> {
-        if let Some(p) = memo.get(&n) {
-            return Ok(p.clone());
-        }
-        let (acc, acc_disambig) = dev_accuracy(env, loaded, task, &set, &indices, &ranked[..n])?;
-        let (retained, kl) = match &probe {
-            Some(p) => p.measure(env, loaded, &ranked[..n])?,
-            None => (BTreeMap::new(), None),
-        };
-        let point = SearchPoint { n, acc, acc_disambig, retained, kl, feasible: true };
-        memo.insert(n, point.clone());
-        let list: Vec<&SearchPoint> = memo.values().collect();
-        write_json(&path, &json!(list))?;
-        Ok(point)
-    };
+    let constrained = cfg.constraint.is_some();
     // The unpruned model is the constraint's reference (and always feasible).
-    let base = match &probe {
-        Some(_) => Some(eval(env, loaded, 0)?),
-        None => None,
-    };
-    let judge = |p: &SearchPoint| -> (bool, f64) {
-        match (&probe, &base) {
-            (Some(pr), Some(base)) => {
-                let v = pr.violation(p, base);
+    let base = if constrained { Some(searcher.points(env, loaded, ranked, &[0])?.remove(0)) } else { None };
+    let judge = |s: &Searcher, p: &SearchPoint| -> (bool, f64) {
+        match &base {
+            Some(base) => {
+                let v = s.violation(p, base);
                 (v == 0.0, if v == 0.0 { p.acc } else { -1000.0 - v })
             }
-            _ => (true, p.acc),
+            None => (true, p.acc),
         }
     };
-    // (feasible, value to maximise) of n.
-    let mut f = |env: &mut Env<'_>, loaded: &mut LoadedModel, n: usize| -> Result<(bool, f64)> {
-        let p = eval(env, loaded, n)?;
-        Ok(judge(&p))
+    // (feasible, value to maximise) of each n.
+    let mut f = |env: &mut Env<'_>, loaded: &mut LoadedModel, ns: &[usize]| -> Result<Vec<(bool, f64)>> {
+        let pts = searcher.points(env, loaded, ranked, ns)?;
+        Ok(pts.iter().map(|p| judge(&searcher, p)).collect())
     };
-    let inv_phi = (5f64.sqrt() - 1.0) / 2.0;
     // Pruning the fewest neurons allowed (normally none) is always a candidate: if no n helps on
     // dev the run keeps the original.
-    f(env, loaded, lo)?;
+    f(env, loaded, &[lo])?;
     // Under a constraint, first find where it starts to break: how far a model moves is not
-    // monotone in n from one neuron to the next, so a golden-section search on the penalised
-    // objective alone can wander away from the feasible range near lo. A doubling ladder
-    // (lo+1, lo+2, lo+4, …) stops at the first n that breaks the constraint, and the search then
-    // runs below it.
+    // monotone in n from one neuron to the next, so a search on the penalised objective alone can
+    // wander away from the feasible range near lo. A doubling ladder (lo+1, lo+2, lo+4, …) stops
+    // at the first n that breaks the constraint, and the search then runs below it.
     let mut upper = hi;
-    if probe.is_some() {
+    if constrained {
         let mut step = 1;
         while lo + step < hi {
             let n = lo + step;
-            if !f(env, loaded, n)?.0 {
+            if !f(env, loaded, &[n])?[0].0 {
                 upper = n;
                 break;
             }
@@ -770,26 +602,45 @@ fn search_stage(
         }
     }
     let (mut a, mut b) = (lo, upper);
-    while b - a > cfg.final_width.max(2) {
-        let span = (b - a) as f64;
-        let c = b - (span * inv_phi).round() as usize;
-        let d = a + (span * inv_phi).round() as usize;
-        let (c, d) = if c < d { (c, d) } else { (a + (b - a) / 3, b - (b - a) / 3) };
-        let (fc, fd) = (f(env, loaded, c)?.1, f(env, loaded, d)?.1);
-        // Ties keep the smaller n (fewer neurons pruned).
-        if fc >= fd {
-            b = d;
-        } else {
-            a = c;
+    let width = cfg.final_width.max(2);
+    match cfg.method {
+        SearchMethod::Golden => {
+            let inv_phi = (5f64.sqrt() - 1.0) / 2.0;
+            while b - a > width {
+                let span = (b - a) as f64;
+                let c = b - (span * inv_phi).round() as usize;
+                let d = a + (span * inv_phi).round() as usize;
+                let (c, d) = if c < d { (c, d) } else { (a + (b - a) / 3, b - (b - a) / 3) };
+                let v = f(env, loaded, &[c, d])?;
+                // Ties keep the smaller n (fewer neurons pruned).
+                if v[0].1 >= v[1].1 {
+                    b = d;
+                } else {
+                    a = c;
+                }
+            }
+        }
+        SearchMethod::Grid(k) => {
+            while b - a > width {
+                let mut grid: Vec<usize> =
+                    (0..k).map(|i| a + ((b - a) as f64 * i as f64 / (k - 1) as f64).round() as usize).collect();
+                grid.dedup();
+                let v = f(env, loaded, &grid)?;
+                // The best value; ties keep the smaller n.
+                let j = (0..grid.len()).fold(0, |best, i| if v[i].1 > v[best].1 { i } else { best });
+                let (na, nb) = (grid[j.saturating_sub(1)], grid[(j + 1).min(grid.len() - 1)]);
+                if (na, nb) == (a, b) {
+                    break;
+                }
+                (a, b) = (na, nb);
+            }
         }
     }
-    for n in a..=b {
-        f(env, loaded, n)?;
-    }
+    f(env, loaded, &(a..=b).collect::<Vec<_>>())?;
     // The best feasible n of everything evaluated; ties keep the smaller n.
-    let mut points: Vec<SearchPoint> = memo.into_values().collect();
+    let mut points: Vec<SearchPoint> = searcher.memo.values().cloned().collect();
     for p in &mut points {
-        p.feasible = judge(p).0;
+        p.feasible = judge(&searcher, p).0;
     }
     let best = points
         .iter()
@@ -808,72 +659,88 @@ fn search_stage(
 /// the cached evaluation kept them.
 type TaskOutcomes = BTreeMap<String, Outcomes>;
 
-/// Original, CRISPR and random-control evaluations of one task on its test split, each cached in
+/// Original, CRISPR and random-control evaluations of every task (target and retained) on its
+/// test split: all their units in one batch, then one document per configuration, cached in
 /// `eval/<task>/<config>.json` with every choice (for paired comparisons).
 fn test_stage(
     env: &mut Env<'_>,
     loaded: &mut LoadedModel,
-    task_name: &str,
-    limit: usize,
-    k: usize,
     crispr_neurons: &[Neuron],
     universe: crate::model::Universe,
-) -> Result<(TaskResults, TaskOutcomes)> {
-    let task = data::load_task(task_name, &env.data_dir)?;
-    let set = first_k(&data::default_instructions(&task, &env.data_dir)?, k);
+) -> Result<BTreeMap<String, (TaskResults, TaskOutcomes)>> {
     let cfg = env.cfg.test.clone();
-    let indices = {
-        let mut v =
-            subset(split_indices(&task, Split::Test, env.cfg.split_seed, data::split::DEV_FRACTION), limit, cfg.seed);
-        v.sort_unstable();
-        v
-    };
-    let dir = env.dir.join("eval").join(task_name.replace([':', '/'], "_"));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut targets = vec![(env.cfg.task.clone(), cfg.limit, cfg.instructions)];
+    targets.extend(env.cfg.retain.iter().map(|r| (r.clone(), cfg.retain_limit, cfg.retain_instructions)));
     let mut configs: Vec<(String, Vec<Neuron>)> =
         vec![("original".into(), vec![]), ("crispr".into(), crispr_neurons.to_vec())];
     for &s in &cfg.random_seeds {
         configs
             .push((format!("random-seed{s}"), random_neurons(loaded.model.sites(), universe, crispr_neurons.len(), s)));
     }
-    let todo = configs.iter().filter(|(name, _)| !dir.join(format!("{name}.json")).exists()).count();
-    env.progress.stage(&format!("test {task_name}"), (todo * indices.len() * set.items.len()) as u64);
-    let mut docs = BTreeMap::new();
-    let mut outcomes = BTreeMap::new();
-    for (name, neurons) in configs {
-        let path = dir.join(format!("{name}.json"));
-        if let Some(v) = read_json(&path) {
-            if let Some(o) = outcomes_from_doc(&v) {
-                outcomes.insert(name.clone(), o);
-            }
-            docs.insert(name, v);
-            continue;
-        }
-        let pruned = prune(loaded.model.as_mut(), &neurons);
-        let progress = &mut *env.progress;
-        let result = evaluate(loaded, &task, &set, &indices, &EvalOptions::default(), &mut || progress.tick());
-        pruned.restore(loaded.model.as_mut());
-        let result = result?;
-        let summary = summarize(&task, &result, cfg.seed);
-        let per: Vec<_> = result.iter().map(|(m, _)| m.clone()).collect();
-        let mut doc = metrics_json(&task, Mode::Scoring.as_str(), "test", &per, &summary);
-        if let Some(o) = doc.as_object_mut() {
-            o.insert("pruned_neurons".into(), json!(neurons.len()));
-            o.insert(
-                "outcomes".into(),
-                json!({
-                    "examples": indices,
-                    "choices": result.iter().map(|(_, outs)| outs.iter().map(|o| o.choice).collect::<Vec<_>>()).collect::<Vec<_>>(),
-                }),
+    // Per task: the task, its instructions and indices, and the units of each configuration
+    // whose document is not cached yet.
+    let mut plans = Vec::new();
+    let mut all = Vec::new();
+    for (name, limit, k) in targets {
+        let task = data::load_task(&name, &env.data_dir)?;
+        let set = first_k(&data::default_instructions(&task, &env.data_dir)?, k);
+        let indices = {
+            let mut v = subset(
+                split_indices(&task, Split::Test, env.cfg.split_seed, data::split::DEV_FRACTION),
+                limit,
+                cfg.seed,
             );
+            v.sort_unstable();
+            v
+        };
+        let dir = env.dir.join("eval").join(slug(&name));
+        let mut pending = Vec::new();
+        for (config, neurons) in &configs {
+            if dir.join(format!("{config}.json")).exists() {
+                continue;
+            }
+            let prefix = format!("eval/{}/units/{config}", slug(&name));
+            let units = eval_units(env, &name, set.items.len(), &indices, neurons, &prefix);
+            all.extend(units.iter().cloned());
+            pending.push((config.clone(), neurons.len(), units));
         }
-        write_json(&path, &doc)?;
-        outcomes.insert(name.clone(), result.into_iter().map(|(_, o)| o).collect());
-        docs.insert(name, doc);
+        plans.push((name, task, set, indices, dir, pending));
     }
-    let original = docs.remove("original").unwrap_or(Value::Null);
-    let crispr = docs.remove("crispr").unwrap_or(Value::Null);
-    Ok((TaskResults { original, crispr, random: docs.into_values().collect() }, outcomes))
+    run_units(env, loaded, "test", &all)?;
+    let mut out = BTreeMap::new();
+    for (name, task, set, indices, dir, pending) in plans {
+        for (config, pruned, units) in pending {
+            let result = merge_eval(env.dir, &task, &set, &units)?;
+            let summary = summarize(&task, &result, cfg.seed);
+            let per: Vec<_> = result.iter().map(|(m, _)| m.clone()).collect();
+            let mut doc = metrics_json(&task, Mode::Scoring.as_str(), "test", &per, &summary);
+            if let Some(o) = doc.as_object_mut() {
+                o.insert("pruned_neurons".into(), json!(pruned));
+                o.insert(
+                    "outcomes".into(),
+                    json!({
+                        "examples": indices,
+                        "choices": result.iter().map(|(_, outs)| outs.iter().map(|o| o.choice).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    }),
+                );
+            }
+            write_json(&dir.join(format!("{config}.json")), &doc)?;
+        }
+        let mut docs = BTreeMap::new();
+        let mut outcomes = BTreeMap::new();
+        for (config, _) in &configs {
+            let path = dir.join(format!("{config}.json"));
+            let v = read_json(&path).ok_or_else(|| Error::format(&path, "unreadable evaluation document"))?;
+            if let Some(o) = outcomes_from_doc(&v) {
+                outcomes.insert(config.clone(), o);
+            }
+            docs.insert(config.clone(), v);
+        }
+        let original = docs.remove("original").unwrap_or(Value::Null);
+        let crispr = docs.remove("crispr").unwrap_or(Value::Null);
+        out.insert(name, (TaskResults { original, crispr, random: docs.into_values().collect() }, outcomes));
+    }
+    Ok(out)
 }
 
 /// The choices kept in a cached evaluation document, as outcomes (scores are not kept).

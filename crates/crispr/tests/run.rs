@@ -112,9 +112,7 @@ fn run_reports_resumes_identically_and_refuses_other_configs() {
 
     // Rerunning a finished run redoes nothing and keeps the time the work took.
     let seconds = |dir: &Path| -> serde_json::Value {
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
-        v["seconds"].clone()
+        serde_json::from_str(&std::fs::read_to_string(dir.join("timings.json")).unwrap()).unwrap()
     };
     let before = seconds(&a);
     let o = crispr_run(&cfg, &a).output().unwrap();

@@ -8,6 +8,7 @@ mod info;
 mod prune;
 mod run;
 mod score;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,12 @@ enum Command {
     Generate(score::GenerateArgs),
     /// The whole job: attribute, choose n on dev, evaluate original / CRISPR / random on test, export, report.
     Run(run::RunArgs),
+    /// What `run` would compute with the same arguments: units per stage, their cost timed on
+    /// this model, worker-hours and wall time on `--workers 1,8,64` (= `run --dry-run`).
+    Plan(run::RunArgs),
+    /// Compute units of a run's stage (started by `run --executor local|slurm`).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
     /// Attribute bias to neurons on a task (writes scores.safetensors and neurons.json).
     Attribute(attribute::AttributeArgs),
     /// Evaluate on a task under many instructions (writes metrics.json).
@@ -113,6 +120,8 @@ pub fn run() -> Result<()> {
         Command::Prune(a) => prune::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Run(a) => run::run(a),
+        Command::Plan(a) => run::run(a.dry()),
+        Command::Worker(a) => worker::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Data(a) => data::run(a),
     }

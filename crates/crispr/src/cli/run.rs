@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::common::{self, progress};
 use crispr::files::atomic_write;
-use crispr::pipeline::{run as run_pipeline, Progress, RunConfig};
+use crispr::pipeline::{run_with, Progress, RunConfig};
 use crispr::retention::RetentionConstraint;
 use crispr::rundir::Inputs;
 
@@ -53,6 +53,88 @@ pub struct RunArgs {
     /// Where named datasets live (default: $CRISPR_DATA_DIR, else the cache, fetched on first use).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// How the search visits n: `golden` (the paper's golden-section search) or `grid:K` (K values
+    /// evaluated at once, then K around the best: fills a cluster).
+    #[arg(long)]
+    search: Option<crispr::pipeline::SearchMethod>,
+    /// Evaluation units hold at most this many instances (default: a whole split per
+    /// instruction). Part of the run's configuration: see "Running on a cluster" in the README.
+    #[arg(long)]
+    eval_chunk: Option<usize>,
+    /// Attribution units hold at most this many instances (default: the whole sample).
+    #[arg(long)]
+    attribution_chunk: Option<usize>,
+    /// Print the units of work of each stage, their estimated cost and the wall time on 1, 8 and
+    /// 64 workers, then stop (nothing is computed or written).
+    #[arg(long)]
+    dry_run: bool,
+    /// `--dry-run` / `crispr plan`: the worker counts to estimate wall times for.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    workers: Vec<usize>,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+/// Where the units of work run. The results are the same bytes whichever is chosen.
+#[derive(Args)]
+pub struct ExecArgs {
+    /// `local` (this machine: in this process, or `--jobs` worker processes) or `slurm` (one
+    /// Slurm job array per batch of units, on a run directory every node can reach).
+    #[arg(long, value_enum, default_value = "local")]
+    executor: ExecutorKind,
+    /// `--executor local`: worker processes (1: everything in this process).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Slurm partition of the arrays.
+    #[arg(long)]
+    partition: Option<String>,
+    /// At most this many array tasks running at once.
+    #[arg(long)]
+    max_parallel: Option<usize>,
+    /// Time limit per array task (`sbatch --time`, e.g. `2:00:00`).
+    #[arg(long)]
+    time: Option<String>,
+    /// Memory per array task (`sbatch --mem`, e.g. `8G`).
+    #[arg(long)]
+    mem: Option<String>,
+    /// CPUs per array task (each worker uses that many threads).
+    #[arg(long, default_value_t = 1)]
+    cpus_per_task: usize,
+    /// Passed to sbatch as it is (repeatable), e.g. `--sbatch-arg=--account=lab`.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    sbatch_args: Vec<String>,
+    /// Re-runs of a failed unit before the run stops.
+    #[arg(long, default_value_t = 2)]
+    retries: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExecutorKind {
+    Local,
+    Slurm,
+}
+
+impl ExecArgs {
+    fn executor(&self) -> Result<Box<dyn crispr::executor::Executor>> {
+        use crispr::executor::{InProcess, Local, Slurm, SlurmOptions};
+        if self.jobs == 0 {
+            anyhow::bail!("--jobs must be at least 1");
+        }
+        Ok(match self.executor {
+            ExecutorKind::Local if self.jobs == 1 => Box::new(InProcess),
+            ExecutorKind::Local => Box::new(Local::new(self.jobs, self.retries)?),
+            ExecutorKind::Slurm => Box::new(Slurm::new(SlurmOptions {
+                partition: self.partition.clone(),
+                max_parallel: self.max_parallel,
+                time: self.time.clone(),
+                mem: self.mem.clone(),
+                cpus_per_task: self.cpus_per_task,
+                sbatch_args: self.sbatch_args.clone(),
+                retries: self.retries,
+                poll: std::time::Duration::from_secs(1),
+            })?),
+        })
+    }
 }
 
 struct Bars {
@@ -93,6 +175,15 @@ fn apply_selection_flags(mut cfg: RunConfig, args: &RunArgs) -> Result<RunConfig
     if let Some(k) = args.protect_top {
         cfg.selection.protect_top = k;
     }
+    if let Some(m) = args.search {
+        cfg.search.method = m;
+    }
+    if let Some(c) = args.eval_chunk {
+        cfg.chunks.eval = c;
+    }
+    if let Some(c) = args.attribution_chunk {
+        cfg.chunks.attribution = c;
+    }
     cfg.selection.exclude_massive |= args.exclude_massive;
     cfg.selection.normalize |= args.normalize_scores;
     for (name, v) in [("--max-drop", args.max_drop), ("--max-kl", args.max_kl)] {
@@ -118,6 +209,14 @@ fn apply_selection_flags(mut cfg: RunConfig, args: &RunArgs) -> Result<RunConfig
         }
     }
     Ok(cfg)
+}
+
+impl RunArgs {
+    /// The same arguments as a dry run (`crispr plan`).
+    pub fn dry(mut self) -> RunArgs {
+        self.dry_run = true;
+        self
+    }
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -148,8 +247,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         std::iter::once(&cfg.task).chain(&cfg.retain).chain(&cfg.selection.protect).map(String::as_str).collect();
     let data_dir = crispr::datasets::data_dir_for(args.data_dir.as_deref(), &specs)?;
     // Before any computation: --out must be a new, empty or crispr run directory, writable and
-    // not in use by another crispr process (the lock is held until this function returns).
-    let _lock = crispr::rundir::open(&args.out)?;
+    // not in use by another crispr process (the lock is held until this function returns). A dry
+    // run writes nothing.
+    let _lock = if args.dry_run { None } else { Some(crispr::rundir::open(&args.out)?) };
     // Fail on a bad task name before loading the model.
     let mut tasks = std::collections::BTreeMap::new();
     for t in std::iter::once(&cfg.task).chain(&cfg.retain).chain(&cfg.selection.protect) {
@@ -158,13 +258,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let model_arg = (cfg.model != "default").then_some(cfg.model.as_str());
     let path = super::resolve_model(model_arg)?;
+
+    if args.dry_run {
+        return plan(&cfg, &path, &data_dir, &args.workers);
+    }
     // A resumed run must see the inputs its cached results were computed from.
     crispr::rundir::check_inputs(&args.out, &Inputs { model: common::model_checksum(&path), tasks })?;
     let mut loaded =
         crispr::loader::load_checked(&path, crispr::precision::Precision::F32).context("loading the model")?;
     let started = std::time::Instant::now();
     let mut bars = Bars { bar: None };
-    let result = run_pipeline(&cfg, &mut loaded, &args.out, data_dir, &mut bars)?;
+    let mut executor = args.exec.executor()?;
+    crispr::executor::catch_interrupts();
+    let result = run_with(&cfg, &mut loaded, &args.out, data_dir, &mut bars, executor.as_mut())?;
     if let Some(b) = bars.bar.take() {
         b.finish_and_clear();
     }
@@ -189,6 +295,29 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     eprintln!("crispr: done in {:.0} s", started.elapsed().as_secs_f64());
     println!("report: {}", args.out.join("report.html").display());
+    Ok(())
+}
+
+/// `--dry-run`: the plan of the run, with per-step costs timed on its model.
+fn plan(cfg: &RunConfig, model: &Path, data_dir: &Path, workers: &[usize]) -> Result<()> {
+    if workers.is_empty() || workers.contains(&0) {
+        anyhow::bail!("--workers takes positive worker counts, e.g. 1,8,64");
+    }
+    let t = std::time::Instant::now();
+    let loaded = crispr::loader::load_checked(model, crispr::precision::Precision::F32).context("loading the model")?;
+    let startup = t.elapsed().as_secs_f64();
+    eprintln!("crispr: timing a few steps of {} on this machine…", crispr::pipeline::display_model_name(&cfg.model));
+    let (sizes, costs) = crispr::plan::measure(cfg, &loaded, data_dir, startup)?;
+    let stages = crispr::plan::plan(cfg, &sizes, &costs);
+    println!(
+        "plan: {} on {} (retained: {}), preset {}, search {}",
+        crispr::pipeline::display_model_name(&cfg.model),
+        cfg.task,
+        cfg.retain.join(", "),
+        cfg.preset,
+        cfg.search.method
+    );
+    print!("{}", crispr::plan::render(&stages, &costs, workers));
     Ok(())
 }
 

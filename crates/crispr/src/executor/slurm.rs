@@ -1,0 +1,167 @@
+//! `--executor slurm`: each batch of units becomes one Slurm job array on the shared run
+//! directory; array task `i` runs `crispr worker` on unit `i`. The driver waits for the array to
+//! leave the queue (polling `squeue`), re-submits the units whose files are missing, and cancels
+//! its arrays (`scancel`) when it is interrupted.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{batch_dir, failed, interrupted, DoneWatcher, Executor};
+use crate::error::{Error, Result};
+use crate::work::{write_units, Progress, Unit, Workspace};
+
+/// What the user chose for the arrays (`crispr run --executor slurm …`).
+#[derive(Clone, Debug, Default)]
+pub struct SlurmOptions {
+    pub partition: Option<String>,
+    /// At most this many array tasks at once (`--array=…%N`).
+    pub max_parallel: Option<usize>,
+    /// Per array task (`sbatch --time`).
+    pub time: Option<String>,
+    /// Per array task (`sbatch --mem`).
+    pub mem: Option<String>,
+    pub cpus_per_task: usize,
+    /// Passed to `sbatch` as they are.
+    pub sbatch_args: Vec<String>,
+    /// Attempts per unit after the first.
+    pub retries: usize,
+    /// How often the queue is polled.
+    pub poll: Duration,
+}
+
+pub struct Slurm {
+    exe: PathBuf,
+    opts: SlurmOptions,
+}
+
+impl Slurm {
+    pub fn new(opts: SlurmOptions) -> Result<Slurm> {
+        let exe = std::env::current_exe().map_err(|e| Error::msg(format!("cannot find the crispr binary: {e}")))?;
+        // The array tasks run the same binary on the shared filesystem; fail now, not in every task.
+        let out = Command::new("sbatch").arg("--version").output().map_err(|e| {
+            Error::msg(format!("--executor slurm: cannot run sbatch ({e}); is Slurm installed and on PATH?"))
+        })?;
+        if !out.status.success() {
+            return Err(Error::msg(format!(
+                "--executor slurm: `sbatch --version` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(Slurm { exe, opts })
+    }
+
+    /// Submit `n` array tasks over `units_file`; returns the job id.
+    fn submit(&self, batch: &Path, dir: &Path, units_file: &Path, n: usize, stage: &str) -> Result<String> {
+        let script = batch.join("array.sh");
+        let text = format!(
+            "#!/bin/sh\n# crispr {stage}: array task i computes unit i of units.json\nexec {} --threads \"${{SLURM_CPUS_PER_TASK:-1}}\" worker --run-dir {} --units {} --index \"$SLURM_ARRAY_TASK_ID\"\n",
+            shell_quote(&self.exe),
+            shell_quote(dir),
+            shell_quote(units_file),
+        );
+        crate::files::atomic_write(&script, text.as_bytes())?;
+        let array = match self.opts.max_parallel {
+            Some(p) => format!("0-{}%{}", n - 1, p.max(1)),
+            None => format!("0-{}", n - 1),
+        };
+        let mut cmd = Command::new("sbatch");
+        cmd.arg("--parsable")
+            .arg(format!("--array={array}"))
+            .arg(format!("--job-name=crispr-{}", stage.split_whitespace().next().unwrap_or("stage")))
+            .arg(format!("--output={}", batch.join("task-%a.log").display()))
+            .arg(format!("--cpus-per-task={}", self.opts.cpus_per_task.max(1)))
+            .arg(format!("--chdir={}", dir.display()));
+        if let Some(p) = &self.opts.partition {
+            cmd.arg(format!("--partition={p}"));
+        }
+        if let Some(t) = &self.opts.time {
+            cmd.arg(format!("--time={t}"));
+        }
+        if let Some(m) = &self.opts.mem {
+            cmd.arg(format!("--mem={m}"));
+        }
+        cmd.args(&self.opts.sbatch_args).arg(&script);
+        let out = cmd.output().map_err(|e| Error::msg(format!("sbatch: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::msg(format!(
+                "sbatch refused the {stage} array: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        // `--parsable` prints `jobid` or `jobid;cluster`.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let id = text.trim().split(';').next().unwrap_or("").to_string();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(Error::msg(format!("sbatch printed {:?}, not a job id", text.trim())));
+        }
+        crate::files::atomic_write(&batch.join("job_id"), id.as_bytes())?;
+        Ok(id)
+    }
+
+    /// Whether any task of job `id` is still pending or running.
+    fn in_queue(id: &str) -> Result<bool> {
+        let out = Command::new("squeue")
+            .args(["--noheader", "--jobs", id, "--format=%i %T"])
+            .output()
+            .map_err(|e| Error::msg(format!("squeue: {e}")))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            // A job that has left the controller's memory is reported as invalid: it is done.
+            if err.contains("Invalid job id") {
+                return Ok(false);
+            }
+            return Err(Error::msg(format!("squeue failed: {}", err.trim())));
+        }
+        Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+    }
+}
+
+impl Executor for Slurm {
+    fn run(&mut self, stage: &str, units: &[Unit], ws: &mut Workspace<'_>, progress: &mut dyn Progress) -> Result<()> {
+        // Workers start elsewhere (another folder, another node): give them absolute paths.
+        let dir = &std::path::absolute(ws.dir).map_err(|e| Error::io(ws.dir, e))?;
+        let mut watcher = DoneWatcher::new(units, dir, stage, progress);
+        let mut last_log: Vec<Option<PathBuf>> = vec![None; units.len()];
+        for attempt in 0..=self.opts.retries {
+            let todo: Vec<usize> = (0..units.len()).filter(|&i| !units[i].is_done(dir)).collect();
+            if todo.is_empty() {
+                return Ok(());
+            }
+            let batch = batch_dir(dir, stage)?;
+            let list: Vec<Unit> = todo.iter().map(|&i| units[i].clone()).collect();
+            let units_file = batch.join("units.json");
+            write_units(&units_file, &list)?;
+            let id = self.submit(&batch, dir, &units_file, list.len(), stage)?;
+            progress.note(&format!("{stage}: Slurm job {id}, {} array task(s)", list.len()));
+            for (j, &i) in todo.iter().enumerate() {
+                last_log[i] = Some(batch.join(format!("task-{j}.log")));
+            }
+            loop {
+                if interrupted() {
+                    let _ = Command::new("scancel").arg(&id).status();
+                    return Err(Error::msg(format!("interrupted: cancelled Slurm job {id}")));
+                }
+                watcher.poll(dir, progress);
+                if !Self::in_queue(&id)? {
+                    break;
+                }
+                std::thread::sleep(self.opts.poll);
+            }
+            watcher.poll(dir, progress);
+            let still = todo.iter().filter(|&&i| !units[i].is_done(dir)).count();
+            if still > 0 && attempt < self.opts.retries {
+                progress.note(&format!("{stage}: {still} array task(s) of job {id} did not finish; re-submitting"));
+            }
+        }
+        match (0..units.len()).find(|&i| !units[i].is_done(dir)) {
+            None => Ok(()),
+            Some(i) => Err(failed(&units[i], self.opts.retries + 1, &last_log[i].clone().unwrap_or_default())),
+        }
+    }
+}
+
+/// `'…'` with embedded quotes escaped, for the array script.
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
