@@ -11,7 +11,14 @@ llama_<mode>.safetensors (scores per module) for three settings:
   default  objective=prob, token max, per-instance disentanglement, α-weighted
   variant  objective=logprob, token mean, per-token disentanglement, no α
   compat   the authors' re-release (batches of 4, log P gradients scaled by α(ŷ), batch clamp)
+
+With --family NAME (qwen3, gemma2, gemma3, phi3, …) it scores the tiny fixture of that family on
+the same instances (tests/fixtures/attribution/llama.json: the tokenizer is shared) and writes
+NAME_default_linear, NAME_variant_linear (log-probability objective: scores far from underflow on
+random weights) and NAME_default_ffn.safetensors.
 """
+
+import argparse
 
 import json
 from pathlib import Path
@@ -23,15 +30,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import make_fixtures as mf
 
 OUT = mf.FIX / "attribution"
-KINDS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 
 def sites(model):
     """(name, module, is_input_site) for the linear universe and the ffn universe."""
     linear, ffn = [], []
     for i, layer in enumerate(model.model.layers):
-        for k in KINDS:
+        for k in mf.linear_names(model):
             linear.append((f"model.layers.{i}.{k}", layer.get_submodule(k)))
         ffn.append((f"model.layers.{i}.mlp.act_fn", layer.mlp.down_proj))
     return linear, ffn
@@ -122,9 +127,32 @@ def attribute(model, instructions, universe, mode):
     return {n: sum(p[n] for p in per_instruction) / len(per_instruction) for n in per_instruction[0]}
 
 
+def load(family):
+    model = AutoModelForCausalLM.from_pretrained(mf.FIX / "tiny" / family, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def main_family(family):
+    model = load(family)
+    instructions = json.loads((OUT / "llama.json").read_text())["instructions"]
+    for mode, universe in [("default", "linear"), ("variant", "linear"), ("default", "ffn")]:
+        scores = attribute(model, instructions, universe, mode)
+        save_file({n: v.double().contiguous() for n, v in scores.items()}, OUT / f"{family}_{mode}_{universe}.safetensors")
+        flat = torch.cat([v for v in scores.values()])
+        print(f"{family} {mode}/{universe}: {flat.numel()} neurons, max {flat.max():.4e}, min {flat.min():.4e}")
+
+
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--family", default=None)
+    args = ap.parse_args()
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.family:
+        return main_family(args.family)
     d = mf.FIX / "tiny" / "llama"
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::neurons::atomic_write;
+use crate::files::atomic_write;
 use crate::resolve::{cache_dir, check_pin, download, Fetch, Pin};
 
 /// The eleven BBQ categories of the full release.

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::loader::{config_from_gguf, ModelFormat};
-use crate::model::{Arch, ModuleId, Proj};
+use crate::gguf::Value;
+use crate::loader::ModelFormat;
+use crate::model::llama::config::gguf_sizes;
+use crate::model::{ModuleId, Proj};
 use crate::weights::gguf_row_of_hf_row;
 
 /// Rows to zero, by module name in the transformers naming (`model.layers.3.mlp.up_proj`).
@@ -56,13 +58,15 @@ fn temp_sibling(out: &Path) -> PathBuf {
 
 fn write_gguf(src: &Path, rows: &RowsByModule, tmp: &Path) -> Result<()> {
     let file = GgufFile::open(src)?;
-    let cfg = config_from_gguf(&file)?;
-    let permuted = cfg.arch == Arch::Llama;
+    // Only llama-architecture files store q/k rows permuted (see `weights::GgufSource`).
+    let arch = file.get("general.architecture").and_then(Value::as_str).unwrap_or("").to_string();
+    let cfg = gguf_sizes(&file, &arch)?;
+    let permuted = arch == "llama";
     let mut bytes = file.bytes().to_vec();
     for (module, rs) in rows {
         let id = ModuleId::parse(module)
             .filter(|id| id.proj != Proj::Act)
-            .ok_or_else(|| Error::msg(format!("{module} is not a prunable module of a llama-family GGUF")))?;
+            .ok_or_else(|| Error::msg(format!("{module} is not a prunable module of a decoder GGUF")))?;
         let stem = id.proj.gguf_stem();
         let wname = format!("blk.{}.{stem}.weight", id.layer);
         let t = file.tensor(&wname).ok_or_else(|| Error::format(src, format!("tensor {wname} is missing")))?;

@@ -19,17 +19,16 @@ use crate::error::{Error, Result};
 use crate::evaluate::{Evaluation, Mode};
 use crate::executor::{Executor, InProcess};
 use crate::export::{write_pruned, RowsByModule};
+use crate::files::{atomic_write, attribution_metadata, read_f64_scores, write_f64_scores, write_scores};
 use crate::loader::{LoadedModel, ModelFormat};
 use crate::metrics::{instruction_metrics, metrics_json, summarize, Outcome};
-use crate::neurons::{atomic_write, attribution_metadata, write_scores};
 use crate::prune::{prune, random_neurons, Neuron};
 use crate::retention::{mean_kl, neutral_distributions, RetentionConstraint};
 use crate::score::encode;
 use crate::selection::{rank_candidates, top_skill_neurons, Excluded};
 use crate::verdict::{judge, means, paired_deltas, Outcomes, TaskDeltas, Verdict};
 use crate::work::{
-    chunks, neuron_pairs, read_attribution, read_f64_scores, read_kl, read_outcomes, write_f64_scores, Unit,
-    WorkerSetup, Workspace, WORKER_SETUP,
+    chunks, neuron_pairs, read_attribution, read_kl, read_outcomes, Unit, WorkerSetup, Workspace, WORKER_SETUP,
 };
 
 pub use crate::run_config::{AttributionConfig, Chunks, RunConfig, SearchConfig, SearchMethod, TestConfig};
@@ -45,7 +44,7 @@ pub struct RunResult {
     pub search: Vec<(usize, f64)>,
     /// Per task: `original`, `crispr`, `random` (one metrics.json document per random seed).
     pub tasks: BTreeMap<String, TaskResults>,
-    pub bias_neurons: Vec<crate::neurons::RankedNeuron>,
+    pub bias_neurons: Vec<crate::files::RankedNeuron>,
     /// The pruned model's file or directory name inside the run directory.
     pub pruned_model: String,
     /// Wall-clock seconds per stage (for the report; kept in `timings.json`, not in
@@ -239,11 +238,11 @@ pub fn run_with(
     seconds.add("export", t.elapsed().as_secs_f64())?;
 
     let sites = loaded.model.sites();
-    let bias_neurons: Vec<crate::neurons::RankedNeuron> = crispr_neurons
+    let bias_neurons: Vec<crate::files::RankedNeuron> = crispr_neurons
         .iter()
         .map(|n| {
             let module = sites[n.site].name.clone();
-            crate::neurons::RankedNeuron {
+            crate::files::RankedNeuron {
                 id: format!("{module}:{}", n.row),
                 module,
                 row: n.row,

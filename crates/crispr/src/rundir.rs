@@ -13,8 +13,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::files::atomic_write;
 use crate::lock::{DirLock, LOCK_FILE};
-use crate::neurons::atomic_write;
 use crate::pipeline::RunConfig;
 
 /// The model's checksum: the SHA-256 of a .gguf file, or of a checkpoint's weight and JSON files

@@ -436,6 +436,13 @@ mod tests {
         }
     }
 
+    fn avx2_fma() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
+    }
+
     #[test]
     fn few_rows_kernel_matches_the_gemm_path() {
         // Odd sizes: a tail after the 8-wide loop, a last chunk shorter than the others.
@@ -445,8 +452,11 @@ mod tests {
                 let x: Vec<f32> = (0..rows * k).map(|i| ((i as f32) * 0.271).cos()).collect();
                 let mut want = vec![0f32; rows * n];
                 matmul(MatMut::rows(&mut want, rows, n), Mat::rows(&x, rows, k), Mat::rows_t(&w, n, k), 1.0, false);
-                let Some(got) = f32::linear_few_rows(&x, rows, &w, n) else { return };
-                for (g, e) in got.iter().zip(&want) {
+                // The kernel runs exactly where the CPU has AVX2 and FMA (every machine of this
+                // project); elsewhere `linear` must fall back to the GEMM path, checked below.
+                let got = f32::linear_few_rows(&x, rows, &w, n);
+                assert_eq!(got.is_some(), avx2_fma(), "few-rows kernel dispatch");
+                for (g, e) in got.iter().flatten().zip(&want) {
                     assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "k {k} n {n} rows {rows}: {g} vs {e}");
                 }
                 // And through `linear`, bias included.

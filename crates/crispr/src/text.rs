@@ -303,3 +303,17 @@ impl TextCodec {
         self.encode(&text, false)
     }
 }
+
+/// A tokenizer that can emit ids the embedding does not have belongs to another model.
+pub fn check_vocab(model_vocab: usize, text: &TextCodec) -> Result<()> {
+    let n = text.vocab_size();
+    if n > model_vocab {
+        return Err(Error::format(
+            &text.source,
+            format!(
+                "tokenizer has {n} tokens but the model's embedding has {model_vocab} rows: tokenizer does not match"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -23,6 +23,13 @@ pub enum Role {
     MlpNorm(usize),
     Weight(usize, Proj),
     Bias(usize, Proj),
+    /// Per-head norms of q and k (Qwen3, Gemma 3).
+    QNorm(usize),
+    KNorm(usize),
+    /// Gemma's sandwich norms: after attention, before and after the FFN.
+    PostAttnNorm(usize),
+    PreMlpNorm(usize),
+    PostMlpNorm(usize),
 }
 
 impl Role {
@@ -36,6 +43,11 @@ impl Role {
             Role::MlpNorm(l) => format!("model.layers.{l}.post_attention_layernorm.weight"),
             Role::Weight(l, p) => format!("model.layers.{l}.{}.weight", p.hf_suffix()),
             Role::Bias(l, p) => format!("model.layers.{l}.{}.bias", p.hf_suffix()),
+            Role::QNorm(l) => format!("model.layers.{l}.self_attn.q_norm.weight"),
+            Role::KNorm(l) => format!("model.layers.{l}.self_attn.k_norm.weight"),
+            Role::PostAttnNorm(l) => format!("model.layers.{l}.post_attention_layernorm.weight"),
+            Role::PreMlpNorm(l) => format!("model.layers.{l}.pre_feedforward_layernorm.weight"),
+            Role::PostMlpNorm(l) => format!("model.layers.{l}.post_feedforward_layernorm.weight"),
         }
     }
 
@@ -49,6 +61,11 @@ impl Role {
             Role::MlpNorm(l) => format!("blk.{l}.ffn_norm.weight"),
             Role::Weight(l, p) => format!("blk.{l}.{}.weight", p.gguf_stem()),
             Role::Bias(l, p) => format!("blk.{l}.{}.bias", p.gguf_stem()),
+            Role::QNorm(l) => format!("blk.{l}.attn_q_norm.weight"),
+            Role::KNorm(l) => format!("blk.{l}.attn_k_norm.weight"),
+            Role::PostAttnNorm(l) => format!("blk.{l}.post_attention_norm.weight"),
+            Role::PreMlpNorm(l) => format!("blk.{l}.ffn_norm.weight"),
+            Role::PostMlpNorm(l) => format!("blk.{l}.post_ffw_norm.weight"),
         }
     }
 }

@@ -18,10 +18,10 @@ use crate::attribution::{attribute_skill, attribute_sum, Instance, Scores};
 use crate::data::{self, InstructionSet, Task};
 use crate::error::{Error, Result};
 use crate::evaluate::{evaluate, EvalOptions};
+use crate::files::{atomic_write, read_f64_scores, read_json, write_f64_scores};
 use crate::loader::LoadedModel;
 use crate::metrics::Outcome;
 use crate::model::{SiteInfo, Universe};
-use crate::neurons::atomic_write;
 use crate::prune::{prune, Neuron};
 use crate::retention::{mean_kl, neutral_distributions};
 use crate::run_config::RunConfig;
@@ -223,65 +223,22 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     atomic_write(path, text.as_bytes())
 }
 
-fn read_json_file(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not a unit result: {e}")))
-}
-
 /// The outcomes an [`Unit::Evaluate`] wrote.
 pub fn read_outcomes(dir: &Path, unit: &Unit) -> Result<Vec<Outcome>> {
     let path = dir.join(unit.out());
-    let v = read_json_file(&path)?;
+    let v = read_json(&path)?;
     serde_json::from_value(v["outcomes"].clone()).map_err(|e| Error::format(&path, format!("bad outcomes: {e}")))
 }
 
 /// The divergence a [`Unit::Kl`] wrote.
 pub fn read_kl(dir: &Path, unit: &Unit) -> Result<f64> {
     let path = dir.join(unit.out());
-    read_json_file(&path)?["kl"].as_f64().ok_or_else(|| Error::format(&path, "no kl value"))
+    read_json(&path)?["kl"].as_f64().ok_or_else(|| Error::format(&path, "no kl value"))
 }
 
 /// The sum an [`Unit::Attribute`] (or the mean a [`Unit::Skill`]) wrote.
 pub fn read_attribution(dir: &Path, unit: &Unit, sites: &[SiteInfo], universe: Universe) -> Result<Scores> {
     read_f64_scores(&dir.join(unit.out()), sites, universe)
-}
-
-/// Scores kept in f64, so that merged results are exact.
-pub fn write_f64_scores(path: &Path, sites: &[SiteInfo], scores: &Scores) -> Result<()> {
-    let tensors: Vec<(String, Vec<u8>, usize)> = sites
-        .iter()
-        .zip(&scores.per_site)
-        .filter(|(s, _)| s.universe == scores.universe)
-        .map(|(s, v)| (s.name.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.len()))
-        .collect();
-    let views = tensors
-        .iter()
-        .map(|(n, b, len)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![*len], b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::msg(format!("{e:?}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, &None).map_err(|e| Error::msg(format!("{e:?}")))?;
-    atomic_write(path, &bytes)
-}
-
-pub fn read_f64_scores(path: &Path, sites: &[SiteInfo], universe: Universe) -> Result<Scores> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("{e:?}")))?;
-    let mut scores = Scores::zeros(sites, universe);
-    for (i, s) in sites.iter().enumerate().filter(|(_, s)| s.universe == universe) {
-        let v = st.tensor(&s.name).map_err(|e| Error::format(path, format!("{e:?}")))?;
-        if v.shape() != [s.width] || v.dtype() != safetensors::Dtype::F64 {
-            return Err(Error::format(path, format!("{}: shape or type does not match the model", s.name)));
-        }
-        scores.per_site[i] = v
-            .data()
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-    }
-    Ok(scores)
 }
 
 /// The file a batch of units is handed to worker processes in.

@@ -116,12 +116,11 @@ fn bad_models_give_one_line_errors_naming_the_file() {
     std::fs::write(&st, &bytes).unwrap();
 
     // A tokenizer from another model (32,100 tokens for a 400-row embedding).
-    let shared_t5 = fixtures().join("../../../../../shared/data/tokenizers/t5/tokenizer.json");
-    if shared_t5.exists() {
-        std::fs::copy(&shared_t5, m.join("tokenizer.json")).unwrap();
-        let o = crispr(&["info", "--model", m.to_str().unwrap()], &[]);
-        assert_fails_with(&o, &["tokenizer.json", "does not match"]);
-    }
+    let shared_t5 = common::data_dir().join("tokenizers").join("t5").join("tokenizer.json");
+    assert!(shared_t5.is_file(), "{} is missing (shared data)", shared_t5.display());
+    std::fs::copy(&shared_t5, m.join("tokenizer.json")).unwrap();
+    let o = crispr(&["info", "--model", m.to_str().unwrap()], &[]);
+    assert_fails_with(&o, &["tokenizer.json", "does not match"]);
 }
 
 /// Serve `dir` as `/<repo>/resolve/main/<file>` until `requests` have been answered.

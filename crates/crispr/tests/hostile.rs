@@ -625,7 +625,7 @@ fn io_errors_name_the_users_file_once_and_leave_no_temporaries() {
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "temporaries left: {left:?}");
     // The library function itself.
-    let err = crispr::neurons::atomic_write(Path::new("/proc/crispr-test.json"), b"{}").unwrap_err().to_string();
+    let err = crispr::files::atomic_write(Path::new("/proc/crispr-test.json"), b"{}").unwrap_err().to_string();
     assert!(err.starts_with("/proc/crispr-test.json: ") && !err.contains(".tmp-"), "{err}");
 }
 

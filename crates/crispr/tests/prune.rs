@@ -63,9 +63,18 @@ fn round_trip(input: &Path, out_name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join(out_name);
     write_pruned(&loaded.format, &rows, &out).unwrap();
-    let reloaded = crispr::loader::load(&out).unwrap();
+    let mut reloaded = crispr::loader::load(&out).unwrap();
     let on_disk = all_scores(reloaded.model.as_ref(), &encs);
     assert_eq!(on_disk, in_memory, "pruned on disk vs in memory");
+    for n in &neurons {
+        let (w, b) = reloaded.model.prune_target(n.site).row(n.row);
+        assert!(
+            w.iter().all(|&x| x == 0.0) && b.is_none_or(|b| b == 0.0),
+            "site {} row {} is zero on disk",
+            n.site,
+            n.row
+        );
+    }
 
     pruned.restore(loaded.model.as_mut());
     assert_eq!(all_scores(loaded.model.as_ref(), &encs), original, "restore is exact");
@@ -131,6 +140,71 @@ fn gguf_export_changes_only_pruned_rows() {
 #[test]
 fn checkpoint_prune_round_trip_with_biases() {
     round_trip(&common::fixtures().join("tiny").join("qwen2"), "pruned-qwen2");
+}
+
+#[test]
+fn checkpoint_prune_round_trip_qwen3() {
+    round_trip(&common::fixtures().join("tiny").join("qwen3"), "pruned-qwen3");
+}
+
+#[test]
+fn checkpoint_prune_round_trip_gemma() {
+    for family in ["gemma2", "gemma3"] {
+        round_trip(&common::fixtures().join("tiny").join(family), &format!("pruned-{family}"));
+    }
+}
+
+#[test]
+fn checkpoint_prune_round_trip_phi3() {
+    round_trip(&common::fixtures().join("tiny").join("phi3"), "pruned-phi3");
+}
+
+/// Phi-3's neurons are rows of the fused matrices under their own names; an FFN activation unit
+/// is pruned through the gate half of `gate_up_proj` (same row). The exported checkpoint differs
+/// from the input in exactly those rows, which are zero.
+#[test]
+fn phi3_fused_rows_are_exactly_the_pruned_rows() {
+    let input = common::fixtures().join("tiny").join("phi3");
+    let loaded = crispr::loader::load(&input).unwrap();
+    let sites = loaded.model.sites();
+    let site = |name: &str| sites.iter().position(|s| s.name == name).unwrap_or_else(|| panic!("no site {name}"));
+    // q rows are 0..64, k rows 64..96, v rows 96..128; gate rows 0..96, up rows 96..192.
+    let neurons = [
+        Neuron { site: site("model.layers.0.self_attn.qkv_proj"), row: 70 },
+        Neuron { site: site("model.layers.1.self_attn.qkv_proj"), row: 127 },
+        Neuron { site: site("model.layers.0.mlp.gate_up_proj"), row: 150 },
+        Neuron { site: site("model.layers.1.mlp.act_fn"), row: 5 },
+    ];
+    let rows = rows_by_module(loaded.model.as_ref(), &neurons);
+    let want: BTreeMap<String, Vec<usize>> = [
+        ("model.layers.0.self_attn.qkv_proj", vec![70]),
+        ("model.layers.1.self_attn.qkv_proj", vec![127]),
+        ("model.layers.0.mlp.gate_up_proj", vec![150]),
+        ("model.layers.1.mlp.gate_up_proj", vec![5]),
+    ]
+    .into_iter()
+    .map(|(m, r)| (m.to_string(), r))
+    .collect();
+    assert_eq!(rows, want);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pruned");
+    write_pruned(&loaded.format, &rows, &out).unwrap();
+    let before = common::read_safetensors(&input.join("model.safetensors"));
+    let after = common::read_safetensors(&out.join("model.safetensors"));
+    assert_eq!(before.len(), after.len());
+    for (name, (shape, a)) in &before {
+        let b = &after[name].1;
+        let cols: usize = shape[1..].iter().product();
+        let pruned = want.get(name.trim_end_matches(".weight")).cloned().unwrap_or_default();
+        for r in 0..shape[0] {
+            let (x, y) = (&a[r * cols..(r + 1) * cols], &b[r * cols..(r + 1) * cols]);
+            if pruned.contains(&r) {
+                assert!(y.iter().all(|&v| v == 0.0), "{name} row {r} is not zero");
+            } else {
+                assert_eq!(x, y, "{name} row {r} changed");
+            }
+        }
+    }
 }
 
 /// A tiny T5 checkpoint with deterministic weights: the relu, tied-head variant of the T5 fixtures

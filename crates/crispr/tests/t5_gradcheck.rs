@@ -3,6 +3,8 @@
 //! the gradient reaches the encoder), the FFN projections and the gated activation. A silently
 //! missing backward term cannot pass this.
 
+mod common;
+
 use crispr::model::t5::{synthetic, T5Config, T5Model};
 use crispr::model::LanguageModel;
 use serde_json::json;
@@ -19,60 +21,10 @@ fn tiny(tied: bool, decoder_layers: usize) -> T5Model<f64> {
     synthetic::model(&cfg, 7).unwrap().cast()
 }
 
-/// log P(candidate | prompt) with `delta` added to one unit of one site at one position.
-fn perturbed(model: &T5Model<f64>, prompt: &[u32], cand: &[u32], at: (usize, usize, usize), delta: f64) -> f64 {
-    let (target, pos, unit) = at;
-    let width = model.sites()[target].width;
-    let mut hook = |id: usize, y: &mut [f64]| {
-        if id == target {
-            y[pos * width + unit] += delta;
-        }
-    };
-    model.logprob_with_grads(prompt, cand, Some(&mut hook), &mut |_, _, _| {})
-}
-
 fn check(label: &str, model: &T5Model<f64>) -> f64 {
     // Long enough that relative distances reach the logarithmic buckets (≥ 8 in the encoder).
     let prompt: Vec<u32> = (0..24).map(|i| (i * 7919 + 11) % 32100).chain([1]).collect();
-    let cand = vec![37u32, 23214, 49, 1];
-    let mut grads = Vec::new();
-    let lp = model.logprob_with_grads(&prompt, &cand, None, &mut |id, _a, g| grads.push((id, g.to_vec())));
-    let plain = perturbed(model, &prompt, &cand, (0, 0, 0), 0.0);
-    assert!((lp - plain).abs() < 1e-12, "{label}: the hook path changes nothing by itself");
-    assert_eq!(grads.len(), model.sites().len(), "{label}: every site visited");
-    let eps = 1e-4;
-    let mut worst = 0f64;
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = |m: usize| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % m as u64) as usize
-    };
-    for (id, g) in &grads {
-        let site = &model.sites()[*id];
-        let width = site.width;
-        let rows = g.len() / width;
-        let scale = g.iter().fold(0f64, |m, x| m.max(x.abs()));
-        assert!(scale > 0.0, "{label} {}: gradient is identically zero", site.name);
-        for _ in 0..4 {
-            let (pos, unit) = (next(rows), next(width));
-            let f = |delta: f64| perturbed(model, &prompt, &cand, (*id, pos, unit), delta);
-            // Fourth-order central stencil: with |log P| ≈ 45 the round-off of a plain central
-            // difference at a step small enough for its truncation error is already ~1e-6.
-            let fd = (8.0 * (f(eps) - f(-eps)) - (f(2.0 * eps) - f(-2.0 * eps))) / (12.0 * eps);
-            let an = g[pos * width + unit];
-            let rel = (fd - an).abs() / an.abs().max(1e-2 * scale);
-            worst = worst.max(rel);
-            assert!(
-                rel <= 1e-6,
-                "{label} {} pos {pos} unit {unit}: analytic {an:e} vs finite difference {fd:e} (rel {rel:e})",
-                site.name
-            );
-        }
-    }
-    eprintln!("{label}: worst relative error {worst:e} over {} sites", grads.len());
-    worst
+    common::fd::check_gradients(label, model, &prompt, &[37, 23214, 49, 1], 4, 1e-6)
 }
 
 #[test]

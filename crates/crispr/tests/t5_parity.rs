@@ -129,6 +129,8 @@ fn compare_sites(
                 sm[u] += ag;
             }
         }
+        // Every site has reference values: a site the fixture lacks fails instead of passing.
+        assert!(expected.contains_key(&format!("stats.{name}")), "{key} {name}: no reference values in the fixture");
         let mut check = |what: &str, got: Vec<f32>| {
             if let Some((_, want)) = expected.get(&format!("{what}.{name}")) {
                 let e = rel_err(&got, want);

@@ -10,9 +10,9 @@ use crispr::attribution::{
     attribute_sum, combine, instruction_score, Disentangle, Instance, Objective, Scores, Settings, TokenAgg,
 };
 use crispr::data::{split_indices, Split};
+use crispr::files::{attribution_metadata, write_scores};
 use crispr::loader::LoadedModel;
 use crispr::model::Universe;
-use crispr::neurons::{attribution_metadata, write_scores};
 use crispr::precision::{score_agreement, Precision};
 use crispr::score::encode;
 

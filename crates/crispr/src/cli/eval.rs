@@ -11,8 +11,8 @@ use crispr::evaluate::{
     evaluate, recheck, top_two_gap, Calibration, EvalOptions, Evaluation, Mode, RecheckReport, BF16_RECHECK_MARGIN,
     RECHECK_CALIBRATION,
 };
+use crispr::files::{atomic_write, read_scores, top_neurons};
 use crispr::metrics::{metrics_json, summarize};
-use crispr::neurons::{atomic_write, read_scores, top_neurons};
 use crispr::precision::Precision;
 use crispr::prune::{prune, random_neurons};
 

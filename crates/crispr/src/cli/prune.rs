@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::ModelArgs;
 use crispr::export::{write_pruned, RowsByModule};
-use crispr::neurons::{read_scores, top_neurons};
+use crispr::files::{read_scores, top_neurons};
 
 #[derive(Args)]
 pub struct PruneArgs {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::common::{self, progress};
-use crispr::neurons::atomic_write;
+use crispr::files::atomic_write;
 use crispr::pipeline::{run_with, Progress, RunConfig};
 use crispr::retention::RetentionConstraint;
 use crispr::rundir::Inputs;

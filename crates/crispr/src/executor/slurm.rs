@@ -61,7 +61,7 @@ impl Slurm {
             shell_quote(dir),
             shell_quote(units_file),
         );
-        crate::neurons::atomic_write(&script, text.as_bytes())?;
+        crate::files::atomic_write(&script, text.as_bytes())?;
         let array = match self.opts.max_parallel {
             Some(p) => format!("0-{}%{}", n - 1, p.max(1)),
             None => format!("0-{}", n - 1),
@@ -96,7 +96,7 @@ impl Slurm {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
             return Err(Error::msg(format!("sbatch printed {:?}, not a job id", text.trim())));
         }
-        crate::neurons::atomic_write(&batch.dir.join("job_id"), id.as_bytes())?;
+        crate::files::atomic_write(&batch.dir.join("job_id"), id.as_bytes())?;
         Ok(id)
     }
 

@@ -1,219 +1,26 @@
 //! Model definitions: configuration, module naming, and the per-family forward/backward code.
 
+pub mod family;
+pub mod kernels;
 pub mod linear;
-pub mod llama;
-pub mod ops;
-pub mod t5;
+pub mod logits;
+pub mod registry;
 
-use std::fmt;
+/// Declares each family's folder and lists its [`family::FamilyLoader`] in [`FAMILIES`].
+macro_rules! families {
+    ($($family:ident),*) => {
+        $(pub mod $family;)*
+        /// Every family's registry entry (`<family>::LOADER`), in the order they are tried.
+        pub static FAMILIES: &[&family::FamilyLoader] = &[$(&$family::LOADER),*];
+    };
+}
+
+// The families, one name each: a family is its folder under `model/` and its name here.
+families!(llama, t5, gemma, phi3);
 
 use crate::tensor::Float;
 pub use linear::Linear;
-
-/// Which member of the Llama family a checkpoint is; they differ only in details the loader and
-/// the forward pass need to know (biases, sliding window, naming in `info`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Llama,
-    Mistral,
-    Qwen2,
-}
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Mistral => "mistral",
-            Arch::Qwen2 => "qwen2",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub enum RopeScaling {
-    /// Llama 3.1 frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: usize },
-}
-
-/// Hyper-parameters of a Llama-family decoder.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct LlamaConfig {
-    pub arch: Arch,
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_layers: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-    pub rms_norm_eps: f64,
-    pub rope_theta: f64,
-    pub rope_scaling: Option<RopeScaling>,
-    pub tie_word_embeddings: bool,
-    /// Keys further back than this many positions are invisible (Mistral); `None`: unlimited.
-    pub sliding_window: Option<usize>,
-    pub attention_bias: bool,
-    pub max_position_embeddings: usize,
-}
-
-/// The hooked sites of a Llama-family block, in forward order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Proj {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    /// The gated activation `silu(gate) ⊙ up` (input of `down`): the `ffn` universe's units.
-    Act,
-    Down,
-}
-
-impl Proj {
-    /// The linear layers (the `linear` universe), in forward order.
-    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
-    /// Every hooked site, in forward order.
-    pub const SITES: [Proj; 8] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Act, Proj::Down];
-
-    /// The module path suffix in the transformers naming.
-    pub fn hf_suffix(self) -> &'static str {
-        match self {
-            Proj::Q => "self_attn.q_proj",
-            Proj::K => "self_attn.k_proj",
-            Proj::V => "self_attn.v_proj",
-            Proj::O => "self_attn.o_proj",
-            Proj::Gate => "mlp.gate_proj",
-            Proj::Up => "mlp.up_proj",
-            Proj::Act => "mlp.act_fn",
-            Proj::Down => "mlp.down_proj",
-        }
-    }
-
-    /// The tensor name stem in GGUF files (`blk.N.<stem>.weight`).
-    pub fn gguf_stem(self) -> &'static str {
-        match self {
-            Proj::Q => "attn_q",
-            Proj::K => "attn_k",
-            Proj::V => "attn_v",
-            Proj::O => "attn_output",
-            Proj::Gate => "ffn_gate",
-            Proj::Up | Proj::Act => "ffn_up",
-            Proj::Down => "ffn_down",
-        }
-    }
-}
-
-/// One hooked linear layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModuleId {
-    pub layer: usize,
-    pub proj: Proj,
-}
-
-impl fmt::Display for ModuleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "model.layers.{}.{}", self.layer, self.proj.hf_suffix())
-    }
-}
-
-impl ModuleId {
-    /// Parse a transformers module path such as `model.layers.7.mlp.down_proj`.
-    pub fn parse(s: &str) -> Option<ModuleId> {
-        let rest = s.strip_prefix("model.layers.")?;
-        let (layer, suffix) = rest.split_once('.')?;
-        let layer = layer.parse().ok()?;
-        let proj = Proj::SITES.into_iter().find(|p| p.hf_suffix() == suffix)?;
-        Some(ModuleId { layer, proj })
-    }
-
-    /// Index in the model's site table (see [`LanguageModel::sites`]).
-    pub fn index(self) -> usize {
-        self.layer * Proj::SITES.len() + Proj::SITES.iter().position(|&p| p == self.proj).expect("site")
-    }
-
-    pub fn from_index(i: usize) -> ModuleId {
-        ModuleId { layer: i / Proj::SITES.len(), proj: Proj::SITES[i % Proj::SITES.len()] }
-    }
-}
-
-impl LlamaConfig {
-    /// Output width of a hooked module.
-    pub fn out_dim(&self, p: Proj) -> usize {
-        match p {
-            Proj::Q => self.num_heads * self.head_dim,
-            Proj::K | Proj::V => self.num_kv_heads * self.head_dim,
-            Proj::O | Proj::Down => self.hidden_size,
-            Proj::Gate | Proj::Up | Proj::Act => self.intermediate_size,
-        }
-    }
-
-    /// Input width of a hooked module.
-    pub fn in_dim(&self, p: Proj) -> usize {
-        match p {
-            Proj::O => self.num_heads * self.head_dim,
-            Proj::Down | Proj::Act => self.intermediate_size,
-            _ => self.hidden_size,
-        }
-    }
-
-    /// Every hooked module, layer by layer in forward order.
-    pub fn modules(&self) -> Vec<ModuleId> {
-        (0..self.num_layers).flat_map(|layer| Proj::ALL.into_iter().map(move |proj| ModuleId { layer, proj })).collect()
-    }
-
-    /// Size of the `linear` neuron universe (every output unit of every hooked module).
-    pub fn linear_universe(&self) -> usize {
-        self.num_layers * Proj::ALL.iter().map(|&p| self.out_dim(p)).sum::<usize>()
-    }
-
-    /// Size of the `ffn` universe (gated activation units).
-    pub fn ffn_universe(&self) -> usize {
-        self.num_layers * self.intermediate_size
-    }
-
-    /// Check the invariants the forward pass relies on.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_layers),
-            ("num_attention_heads", self.num_heads),
-            ("num_key_value_heads", self.num_kv_heads),
-            ("head_dim", self.head_dim),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
-        check_limits(&[
-            ("vocab_size", self.vocab_size, MAX_VOCAB),
-            ("hidden_size", self.hidden_size, MAX_WIDTH),
-            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
-            ("num_hidden_layers", self.num_layers, MAX_LAYERS),
-            ("num_attention_heads", self.num_heads, MAX_HEADS),
-            ("num_key_value_heads", self.num_kv_heads, MAX_HEADS),
-            ("head_dim", self.head_dim, MAX_HEAD_DIM),
-        ])?;
-        check_positive_finite(&[("rope_theta", self.rope_theta), ("rms_norm_eps", self.rms_norm_eps)])?;
-        if self.max_position_embeddings == 0 {
-            return Err("max_position_embeddings must be positive".into());
-        }
-        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return Err(format!(
-                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
-                self.num_heads, self.num_kv_heads
-            ));
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            return Err(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
-        }
-        Ok(())
-    }
-}
+pub use llama::config::{Arch, LlamaConfig, ModuleId, Proj, RopeScaling};
 
 // Sanity limits on sizes read from a model's configuration. They sit far above any released model
 // (Llama 3.1 405B: hidden 16384, FFN 53248, 126 layers, 128 heads; vocabularies ≤ 262144) and
@@ -362,23 +169,4 @@ pub enum Family {
 pub fn universe_sizes(sites: &[SiteInfo]) -> (usize, usize) {
     let size = |u| sites.iter().filter(|s| s.universe == u).map(|s| s.width).sum();
     (size(Universe::Linear), size(Universe::Ffn))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn module_names_round_trip() {
-        for proj in Proj::SITES {
-            let id = ModuleId { layer: 17, proj };
-            assert_eq!(ModuleId::parse(&id.to_string()), Some(id));
-        }
-        assert_eq!(ModuleId { layer: 7, proj: Proj::Down }.to_string(), "model.layers.7.mlp.down_proj");
-        assert_eq!(ModuleId::parse("model.layers.x.mlp.down_proj"), None);
-        assert_eq!(ModuleId::parse("model.layers.3.mlp.gelu"), None);
-        for i in 0..40 {
-            assert_eq!(ModuleId::from_index(i).index(), i);
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fd;
 pub mod gguf_build;
 
 use std::collections::HashMap;
@@ -8,6 +9,20 @@ use std::path::PathBuf;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
+
+/// A decoder-only fixture as the engine's concrete type (for the API beyond the trait).
+pub fn load_decoder(dir: &std::path::Path) -> (crispr::model::llama::LlamaModel<f32>, crispr::text::TextCodec) {
+    let gemma = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gemma"));
+    let phi3 = dir.file_name().is_some_and(|n| n == "phi3");
+    let loaded = if gemma {
+        crispr::model::gemma::load_gemma(dir)
+    } else if phi3 {
+        crispr::model::phi3::load_phi3(dir)
+    } else {
+        crispr::loader::load_llama(dir)
+    };
+    loaded.unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
 /// All f32 tensors of a safetensors file, with their shapes.

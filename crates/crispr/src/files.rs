@@ -1,6 +1,7 @@
-//! The attribution output files: `scores.safetensors` (one f32 vector per module, keyed by the
-//! module name, length = the module's units) and `neurons.json` (the ranking plus everything
-//! needed to trace and replay the result).
+//! Files the crate writes and reads back: atomic writes, JSON, and the attribution output files
+//! `scores.safetensors` (one f32 vector per module, keyed by the module name, length = the
+//! module's units) and `neurons.json` (the ranking plus everything needed to trace and replay the
+//! result).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,6 +52,12 @@ pub fn attribution_metadata(
         "split_seed": split_seed,
         "samples": samples.iter().map(|(seed, idx)| serde_json::json!({"seed": seed, "indices": idx})).collect::<Vec<_>>(),
     })
+}
+
+/// Read and parse a JSON file; errors name the file.
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
 }
 
 /// One ranked neuron as written to `neurons.json`.
@@ -173,4 +180,42 @@ pub fn read_scores(dir: &Path, sites: &[SiteInfo]) -> Result<Scores> {
 /// The `n` highest-scoring neurons.
 pub fn top_neurons(scores: &Scores, n: usize) -> Vec<Neuron> {
     scores.ranked().into_iter().take(n).map(|(site, row, _)| Neuron { site, row }).collect()
+}
+
+/// Scores kept in f64, so that merged results are exact.
+pub fn write_f64_scores(path: &Path, sites: &[SiteInfo], scores: &Scores) -> Result<()> {
+    let tensors: Vec<(String, Vec<u8>, usize)> = sites
+        .iter()
+        .zip(&scores.per_site)
+        .filter(|(s, _)| s.universe == scores.universe)
+        .map(|(s, v)| (s.name.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.len()))
+        .collect();
+    let views = tensors
+        .iter()
+        .map(|(n, b, len)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![*len], b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::msg(format!("{e:?}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, &None).map_err(|e| Error::msg(format!("{e:?}")))?;
+    atomic_write(path, &bytes)
+}
+
+pub fn read_f64_scores(path: &Path, sites: &[SiteInfo], universe: Universe) -> Result<Scores> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("{e:?}")))?;
+    let mut scores = Scores::zeros(sites, universe);
+    for (i, s) in sites.iter().enumerate().filter(|(_, s)| s.universe == universe) {
+        let v = st.tensor(&s.name).map_err(|e| Error::format(path, format!("{e:?}")))?;
+        if v.shape() != [s.width] || v.dtype() != safetensors::Dtype::F64 {
+            return Err(Error::format(path, format!("{}: shape or type does not match the model", s.name)));
+        }
+        scores.per_site[i] = v
+            .data()
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+    }
+    Ok(scores)
 }

@@ -1,24 +1,6 @@
-//! Elementwise operations shared by the model families, each with its backward where one is
-//! needed.
+//! RMS normalisation and its backward.
 
 use crate::tensor::Float;
-
-/// Numerically stable softmax; `-inf` entries get probability exactly 0.
-pub fn softmax_in_place<F: Float>(row: &mut [F]) {
-    let mut m = F::NEG_INFINITY;
-    for &v in row.iter() {
-        m = m.max(v);
-    }
-    let mut sum = F::ZERO;
-    for v in row.iter_mut() {
-        *v = if *v == F::NEG_INFINITY { F::ZERO } else { (*v - m).exp() };
-        sum += *v;
-    }
-    let inv = F::ONE / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
-}
 
 /// `y = w ⊙ x / rms(x)` per row; returns `y` and `1/rms` per row.
 pub fn rms_norm<F: Float>(x: &[F], w: &[F], eps: f64) -> (Vec<F>, Vec<F>) {

@@ -1,0 +1,253 @@
+//! Causal grouped-query attention over `n` new queries and every cached key, and its backward,
+//! side by side. Options cover the decoder families: a sliding window (Mistral, Gemma's local
+//! layers), a query scale other than 1/√head_dim (Gemma's `query_pre_attn_scalar`) and
+//! soft-capped logits (`cap · tanh(s / cap)`, Gemma 2).
+
+use rayon::prelude::*;
+
+use crate::tensor::{matmul_serial, Float, Mat, MatMut};
+
+/// Shape and options of one attention layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnSpec {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies `q·k` before any cap.
+    pub scale: f64,
+    /// Keys further back than this many positions are invisible; `None`: unlimited.
+    pub window: Option<usize>,
+    /// Logit soft-cap: `s ← cap · tanh(s / cap)`.
+    pub softcap: Option<f64>,
+}
+
+/// What the backward pass needs from the forward pass.
+pub struct AttnTrace<F> {
+    /// Probabilities `[heads × n × keys]`.
+    pub probs: Vec<F>,
+    /// `tanh(s / cap)` per logit, same layout, when the logits are capped (else empty).
+    pub caps: Vec<F>,
+}
+
+/// Numerically stable softmax; `-inf` entries get probability exactly 0.
+pub fn softmax_in_place<F: Float>(row: &mut [F]) {
+    let mut m = F::NEG_INFINITY;
+    for &v in row.iter() {
+        m = m.max(v);
+    }
+    let mut sum = F::ZERO;
+    for v in row.iter_mut() {
+        *v = if *v == F::NEG_INFINITY { F::ZERO } else { (*v - m).exp() };
+        sum += *v;
+    }
+    let inv = F::ONE / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// One head over one block of rows: `s = init + scale · q kᵀ` (`q`: `[n × head_dim]`, `k`, `v`:
+/// `[m × head_dim]`, both strided views), soft-capped, masked where `visible(i, j)` is false, then
+/// `softmax(s) v`. `init` is an additive bias `[n × m]` (T5's relative positions), or zeros.
+/// Returns the head output `[n × head_dim]`, the probabilities and the caps (`tanh(s/cap)`,
+/// empty without a cap), each `[n × m]`.
+#[allow(clippy::too_many_arguments)]
+pub fn head_attention<F: Float>(
+    spec: &AttnSpec,
+    q: Mat<'_, F>,
+    k: Mat<'_, F>,
+    v: Mat<'_, F>,
+    n: usize,
+    m: usize,
+    init: Option<&[F]>,
+    visible: impl Fn(usize, usize) -> bool,
+) -> (Vec<F>, Vec<F>, Vec<F>) {
+    let hd = spec.head_dim;
+    let mut s = match init {
+        Some(b) => b.to_vec(),
+        None => vec![F::ZERO; n * m],
+    };
+    matmul_serial(MatMut::rows(&mut s, n, m), q, k.transpose(), F::from_f64(spec.scale), init.is_some());
+    let mut tanhs = Vec::new();
+    if let Some(c) = spec.softcap.map(F::from_f64) {
+        tanhs = s.iter().map(|&x| (x / c).tanh()).collect();
+        for (x, &t) in s.iter_mut().zip(&tanhs) {
+            *x = c * t;
+        }
+    }
+    if m > 0 {
+        for (i, row) in s.chunks_exact_mut(m).enumerate() {
+            for (j, val) in row.iter_mut().enumerate() {
+                if !visible(i, j) {
+                    *val = F::NEG_INFINITY;
+                }
+            }
+            softmax_in_place(row);
+        }
+    }
+    let mut out = vec![F::ZERO; n * hd];
+    matmul_serial(MatMut::rows(&mut out, n, hd), Mat::rows(&s, n, m), v, F::ONE, false);
+    (out, s, tanhs)
+}
+
+/// Attention of queries at positions `pos0..pos0+n` (`q`: `[n × heads·head_dim]`, rotated) over
+/// keys and values at positions `0..keys` (`[keys × kv_heads·head_dim]`), causal (and windowed).
+/// Returns the concatenated head outputs `[n × heads·head_dim]` and the trace.
+pub fn attention<F: Float>(
+    spec: &AttnSpec,
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    n: usize,
+    pos0: usize,
+) -> (Vec<F>, AttnTrace<F>) {
+    let (nh, hd) = (spec.heads, spec.head_dim);
+    let group = nh / spec.kv_heads;
+    let kvw = spec.kv_heads * hd;
+    let keys = k.len() / kvw;
+    let visible = |i: usize, j: usize| {
+        let qpos = pos0 + i;
+        j <= qpos && spec.window.is_none_or(|w| qpos - j < w)
+    };
+    let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..nh)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group;
+            head_attention(
+                spec,
+                Mat::strided(q, h * hd, n, hd, nh * hd, 1),
+                Mat::strided(k, kvh * hd, keys, hd, kvw, 1),
+                Mat::strided(v, kvh * hd, keys, hd, kvw, 1),
+                n,
+                keys,
+                None,
+                visible,
+            )
+        })
+        .collect();
+    let mut attn = vec![F::ZERO; n * nh * hd];
+    let mut probs = Vec::with_capacity(nh * n * keys);
+    let mut caps = Vec::new();
+    for (h, (out, p, t)) in per_head.into_iter().enumerate() {
+        for i in 0..n {
+            attn[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&out[i * hd..(i + 1) * hd]);
+        }
+        probs.extend_from_slice(&p);
+        caps.extend_from_slice(&t);
+    }
+    (attn, AttnTrace { probs, caps })
+}
+
+/// Gradients of the attention inputs from that of its output `d_attn` (`[n × heads·head_dim]`):
+/// `n` queries (`q`, rotated) over `m` keys and values (`k`, `v`: `[m × kv_heads·head_dim]`), with
+/// the probabilities and caps of the forward pass (see [`AttnTrace`]), `[heads × n × m]`. An additive bias or mask
+/// is a constant and needs no term. Returns `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<F: Float>(
+    spec: &AttnSpec,
+    (probs, caps): (&[F], &[F]),
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    d_attn: &[F],
+    n: usize,
+    m: usize,
+) -> (Vec<F>, Vec<F>, Vec<F>) {
+    let (nh, hd) = (spec.heads, spec.head_dim);
+    let group = nh / spec.kv_heads;
+    let kvw = spec.kv_heads * hd;
+    let scale = F::from_f64(spec.scale);
+    let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..nh)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group;
+            let p = &probs[h * n * m..(h + 1) * n * m];
+            let d_out = Mat::strided(d_attn, h * hd, n, hd, nh * hd, 1);
+            // dV = Pᵀ dO
+            let mut dv = vec![F::ZERO; m * hd];
+            matmul_serial(MatMut::rows(&mut dv, m, hd), Mat::rows(p, n, m).transpose(), d_out, F::ONE, false);
+            // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale (· (1 − tanh²) under a cap)
+            let mut ds = vec![F::ZERO; n * m];
+            matmul_serial(
+                MatMut::rows(&mut ds, n, m),
+                d_out,
+                Mat::strided(v, kvh * hd, m, hd, kvw, 1).transpose(),
+                F::ONE,
+                false,
+            );
+            let tanhs = (!caps.is_empty()).then(|| &caps[h * n * m..(h + 1) * n * m]);
+            if m > 0 {
+                for (i, (prow, drow)) in p.chunks_exact(m).zip(ds.chunks_exact_mut(m)).enumerate() {
+                    let mut dot = F::ZERO;
+                    for (&pv, &dv) in prow.iter().zip(drow.iter()) {
+                        dot += pv * dv;
+                    }
+                    for (dv, &pv) in drow.iter_mut().zip(prow) {
+                        *dv = pv * (*dv - dot) * scale;
+                    }
+                    if let Some(t) = tanhs {
+                        for (dv, &tv) in drow.iter_mut().zip(&t[i * m..(i + 1) * m]) {
+                            *dv *= F::ONE - tv * tv;
+                        }
+                    }
+                }
+            }
+            // dQ = dS K, dK = dSᵀ Q
+            let mut dq = vec![F::ZERO; n * hd];
+            matmul_serial(
+                MatMut::rows(&mut dq, n, hd),
+                Mat::rows(&ds, n, m),
+                Mat::strided(k, kvh * hd, m, hd, kvw, 1),
+                F::ONE,
+                false,
+            );
+            let mut dk = vec![F::ZERO; m * hd];
+            matmul_serial(
+                MatMut::rows(&mut dk, m, hd),
+                Mat::rows(&ds, n, m).transpose(),
+                Mat::strided(q, h * hd, n, hd, nh * hd, 1),
+                F::ONE,
+                false,
+            );
+            (dq, dk, dv)
+        })
+        .collect();
+    let mut dq = vec![F::ZERO; n * nh * hd];
+    let mut dk = vec![F::ZERO; m * kvw];
+    let mut dv = vec![F::ZERO; m * kvw];
+    for (h, (q_h, k_h, v_h)) in per_head.into_iter().enumerate() {
+        let kvh = h / group;
+        for i in 0..n {
+            dq[i * nh * hd + h * hd..i * nh * hd + (h + 1) * hd].copy_from_slice(&q_h[i * hd..(i + 1) * hd]);
+        }
+        for j in 0..m {
+            for c in 0..hd {
+                dk[j * kvw + kvh * hd + c] += k_h[j * hd + c];
+                dv[j * kvw + kvh * hd + c] += v_h[j * hd + c];
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+/// One `[heads × n × n]` table from a head segment (`[heads × a × a]`, rows seeing `a` keys) and
+/// a tail segment traced after it (`[heads × b × (a+b)]`); head rows are padded with zeros (the
+/// probability of keys they could not see, and an unused cap).
+pub fn join_tables<F: Float>(heads: usize, a: usize, b: usize, head: &[F], tail: &[F]) -> Vec<F> {
+    if head.is_empty() && tail.is_empty() {
+        return Vec::new();
+    }
+    let n = a + b;
+    let mut out = vec![F::ZERO; heads * n * n];
+    for h in 0..heads {
+        for i in 0..a {
+            out[h * n * n + i * n..h * n * n + i * n + a]
+                .copy_from_slice(&head[h * a * a + i * a..h * a * a + (i + 1) * a]);
+        }
+        for i in 0..b {
+            out[h * n * n + (a + i) * n..h * n * n + (a + i + 1) * n]
+                .copy_from_slice(&tail[h * b * n + i * n..h * b * n + (i + 1) * n]);
+        }
+    }
+    out
+}
