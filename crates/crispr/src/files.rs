@@ -31,29 +31,6 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// What `neurons.json` records about how scores were computed (the same for `crispr attribute`
-/// and `crispr run`): model and task with their checksums, instructions, settings, split seed and
-/// the sampled instances of each seed.
-pub fn attribution_metadata(
-    loaded: &crate::loader::LoadedModel,
-    task: &crate::data::Task,
-    set: &crate::data::InstructionSet,
-    settings: &crate::attribution::Settings,
-    split_seed: u64,
-    samples: &[(u64, Vec<usize>)],
-) -> serde_json::Value {
-    let path = loaded.format.path();
-    serde_json::json!({
-        "tool": {"name": "crispr", "version": env!("CARGO_PKG_VERSION")},
-        "model": {"path": path.display().to_string(), "sha256": crate::rundir::model_checksum(path)},
-        "task": {"name": task.name, "source": task.source.display().to_string(), "sha256": task.sha256},
-        "instructions": {"name": set.name, "ids": set.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>()},
-        "settings": settings,
-        "split_seed": split_seed,
-        "samples": samples.iter().map(|(seed, idx)| serde_json::json!({"seed": seed, "indices": idx})).collect::<Vec<_>>(),
-    })
-}
-
 /// Read and parse a JSON file; errors name the file.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -24,6 +24,7 @@ pub mod model;
 pub mod pipeline;
 pub mod plan;
 pub mod precision;
+pub mod provenance;
 pub mod prune;
 pub mod report;
 pub mod resolve;

@@ -15,26 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::files::atomic_write;
 use crate::lock::{DirLock, LOCK_FILE};
-use crate::pipeline::RunConfig;
-
-/// The model's checksum: the SHA-256 of a .gguf file, or of a checkpoint's weight and JSON files
-/// (`name:sha256` joined by commas). Unreadable files count as `unavailable`.
-pub fn model_checksum(path: &Path) -> String {
-    let sha = |p: &Path| crate::resolve::sha256_file(p).unwrap_or_else(|_| "unavailable".into());
-    if path.is_file() {
-        return sha(path);
-    }
-    // The weight files the loader reads (the same rule as loading and export), plus the JSON
-    // files (configuration, tokenizer, index).
-    let mut files: Vec<std::path::PathBuf> =
-        std::fs::read_dir(path).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|x| x == "json"));
-    files.extend(crate::weights::checkpoint_weight_files(path).unwrap_or_default());
-    files.sort();
-    let joined: Vec<String> =
-        files.iter().map(|p| format!("{}:{}", p.file_name().unwrap_or_default().to_string_lossy(), sha(p))).collect();
-    joined.join(",")
-}
+use crate::run_config::RunConfig;
 
 /// File recording the checksums of a run's inputs.
 pub const INPUTS_FILE: &str = "inputs.json";

@@ -10,10 +10,11 @@ use crispr::attribution::{
     attribute_sum, combine, instruction_score, Disentangle, Instance, Objective, Scores, Settings, TokenAgg,
 };
 use crispr::data::{split_indices, Split};
-use crispr::files::{attribution_metadata, write_scores};
+use crispr::files::write_scores;
 use crispr::loader::LoadedModel;
 use crispr::model::Universe;
 use crispr::precision::{score_agreement, Precision};
+use crispr::provenance::attribution_metadata;
 use crispr::score::encode;
 
 #[derive(Args)]

@@ -170,4 +170,4 @@ pub fn check_writable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub use crispr::rundir::model_checksum;
+pub use crispr::provenance::model_checksum;
