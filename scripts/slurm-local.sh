@@ -55,6 +55,14 @@ sock="$dir/munge/munge.socket"
 munged --force --key-file="$dir/munge/munge.key" --socket="$sock" \
   --pid-file="$dir/munged.pid" --log-file="$dir/munged.log" --seed-file="$dir/munge/munge.seed"
 
+# Two free TCP ports on 127.0.0.1 (another cluster, e.g. an earlier start elsewhere, may hold some).
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ctld_port=""
+for p in $(seq 16817 2 16917); do
+  if port_free "$p" && port_free "$((p + 1))"; then ctld_port="$p"; break; fi
+done
+[ -n "$ctld_port" ] || { echo "slurm-local: no free port pair in 16817-16918" >&2; exit 1; }
+
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=crispr-test
 SlurmctldHost=$host(127.0.0.1)
@@ -71,8 +79,8 @@ DefMemPerCPU=$((mem_mb / cpus))
 SchedulerType=sched/builtin
 SchedulerParameters=sched_min_interval=0
 SlurmdParameters=config_overrides
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort=$ctld_port
+SlurmdPort=$((ctld_port + 1))
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
