@@ -89,15 +89,9 @@ pub fn makespan(costs: &[f64], workers: usize, startup: f64) -> f64 {
     load.into_iter().fold(0.0, f64::max)
 }
 
+/// Sizes of the units `n` instances are cut into (the run's own rule, [`crate::work::chunks`]).
 fn chunked(n: usize, chunk: usize) -> Vec<usize> {
-    if chunk == 0 || chunk >= n {
-        return vec![n];
-    }
-    let mut v = vec![chunk; n / chunk];
-    if !n.is_multiple_of(chunk) {
-        v.push(n % chunk);
-    }
-    v
+    crate::work::chunks(&(0..n).collect::<Vec<_>>(), chunk).iter().map(Vec::len).collect()
 }
 
 /// `limit` of `pool` (`0`: all).

@@ -32,46 +32,7 @@ fn config(
     limit: usize,
     chunks: (usize, usize),
 ) -> PathBuf {
-    let settings = common::ATTRIBUTION_SETTINGS_TOML;
-    let text = format!(
-        r#"model = "{}"
-task = "bbq:Age"
-retain = ["rte"]
-preset = "test"
-split_seed = 0
-
-[attribution]
-{attribution}
-
-{settings}
-
-[search]
-lo = 3
-hi = {search_hi}
-final_width = 3
-dev_limit = 6
-instructions = 2
-seed = 0
-
-[test]
-limit = {limit}
-instructions = 2
-retain_limit = 4
-retain_instructions = 2
-random_seeds = [1, 2]
-seed = 0
-
-[chunks]
-attribution = {}
-eval = {}
-"#,
-        model.display(),
-        chunks.0,
-        chunks.1
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::SmallRun { model, attribution, search: (3, search_hi), test_limit: limit, chunks: Some(chunks) }.write(dir)
 }
 
 fn crispr_run(cfg: &Path, out: &Path, extra: &[&str]) -> Command {

@@ -10,42 +10,14 @@ use std::time::{Duration, Instant};
 
 fn config(dir: &Path) -> std::path::PathBuf {
     let model = common::fixtures().join("tiny").join("llama");
-    let settings = common::ATTRIBUTION_SETTINGS_TOML;
-    let text = format!(
-        r#"model = "{}"
-task = "bbq:Age"
-retain = ["rte"]
-preset = "test"
-split_seed = 0
-
-[attribution]
-samples = 24
-seeds = [2026]
-instructions = 4
-
-{settings}
-
-[search]
-lo = 0
-hi = 12
-final_width = 3
-dev_limit = 6
-instructions = 2
-seed = 0
-
-[test]
-limit = 6
-instructions = 2
-retain_limit = 4
-retain_instructions = 2
-random_seeds = [1, 2]
-seed = 0
-"#,
-        model.display()
-    );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::SmallRun {
+        model: &model,
+        attribution: "samples = 24\nseeds = [2026]\ninstructions = 4",
+        search: (0, 12),
+        test_limit: 6,
+        chunks: None,
+    }
+    .write(dir)
 }
 
 fn crispr_run(cfg: &Path, out: &Path) -> Command {

@@ -86,3 +86,62 @@ disentangle = "per-instance"
 lambda = 1.0
 alpha = true
 "#;
+
+/// A small `crispr run` configuration (BBQ-Age, RTE retained, 2 random seeds) for the end-to-end
+/// tests, written as `dir/config.toml`.
+pub struct SmallRun<'a> {
+    pub model: &'a std::path::Path,
+    /// The body of `[attribution]` (samples, seeds, instructions).
+    pub attribution: &'a str,
+    /// Search range `[lo, hi]`.
+    pub search: (usize, usize),
+    /// Target-task test instances.
+    pub test_limit: usize,
+    /// `[chunks]` attribution and eval, when set.
+    pub chunks: Option<(usize, usize)>,
+}
+
+impl SmallRun<'_> {
+    pub fn write(&self, dir: &std::path::Path) -> PathBuf {
+        let chunks =
+            self.chunks.map(|(a, e)| format!("\n[chunks]\nattribution = {a}\neval = {e}\n")).unwrap_or_default();
+        let text = format!(
+            r#"model = "{model}"
+task = "bbq:Age"
+retain = ["rte"]
+preset = "test"
+split_seed = 0
+
+[attribution]
+{attribution}
+
+{settings}
+
+[search]
+lo = {lo}
+hi = {hi}
+final_width = 3
+dev_limit = 6
+instructions = 2
+seed = 0
+
+[test]
+limit = {limit}
+instructions = 2
+retain_limit = 4
+retain_instructions = 2
+random_seeds = [1, 2]
+seed = 0
+{chunks}"#,
+            model = self.model.display(),
+            attribution = self.attribution,
+            settings = ATTRIBUTION_SETTINGS_TOML,
+            lo = self.search.0,
+            hi = self.search.1,
+            limit = self.test_limit,
+        );
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
