@@ -75,7 +75,7 @@ pub const BF16_RECHECK_MARGIN: f64 = 0.1;
 pub const RECHECK_CALIBRATION: usize = 16;
 
 /// What [`recheck`] did.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecheckReport {
     /// The top-two gap below which an example was re-scored (after calibration).
     pub margin: f64,
@@ -91,6 +91,20 @@ pub struct RecheckReport {
     pub changed: usize,
     /// Largest |bf16 − f32| difference of a (calibrated) candidate score among all re-scored.
     pub max_score_difference: f64,
+}
+
+impl RecheckReport {
+    /// Add another evaluation's re-check to this one (a run's units): counts add up; margins
+    /// and differences keep the largest.
+    pub fn absorb(&mut self, other: &RecheckReport) {
+        self.margin = self.margin.max(other.margin);
+        self.calibration_examples += other.calibration_examples;
+        self.calibration_max_difference = self.calibration_max_difference.max(other.calibration_max_difference);
+        self.examples += other.examples;
+        self.rescored += other.rescored;
+        self.changed += other.changed;
+        self.max_score_difference = self.max_score_difference.max(other.max_score_difference);
+    }
 }
 
 /// The gap between the best and second-best score (infinite with fewer than two).

@@ -16,7 +16,7 @@ use crate::attribution::{combine, instruction_score, Scores};
 use crate::data::{self, split::sample_indices, split_indices, InstructionSet, Split, Task};
 use crate::diagnostics::{probe, ActivationStats};
 use crate::error::{Error, Result};
-use crate::evaluate::{Evaluation, Mode};
+use crate::evaluate::{Evaluation, Mode, RecheckReport};
 use crate::executor::{Executor, InProcess};
 use crate::export::{write_pruned, RowsByModule};
 use crate::files::{atomic_write, read_f64_scores, write_f64_scores, write_scores};
@@ -29,7 +29,8 @@ use crate::score::encode;
 use crate::selection::{rank_candidates, top_skill_neurons, Excluded};
 use crate::verdict::{judge, means, paired_deltas, Outcomes, TaskDeltas, Verdict};
 use crate::work::{
-    chunks, neuron_pairs, read_attribution, read_kl, read_outcomes, Unit, WorkerSetup, Workspace, WORKER_SETUP,
+    chunks, neuron_pairs, read_attribution, read_kl, read_outcomes, read_recheck, Unit, WorkerSetup, Workspace,
+    WORKER_SETUP,
 };
 
 pub use crate::run_config::{AttributionConfig, Chunks, RunConfig, SearchConfig, SearchMethod, TestConfig};
@@ -63,6 +64,10 @@ pub struct RunResult {
     pub excluded: BTreeMap<String, usize>,
     #[serde(default)]
     pub verdict: Option<Verdict>,
+    /// bf16 runs: the re-check of evaluation choices in f32, over every evaluation unit (counts
+    /// added up; `margin` is the largest a unit used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck: Option<RecheckReport>,
 }
 
 /// One evaluated n of the search: the target's dev accuracy and, under a retention constraint,
@@ -264,6 +269,7 @@ pub fn run_with(
         m
     };
     let seconds = seconds.seconds;
+    let recheck = collect_rechecks(env.dir)?;
     Ok(RunResult {
         config: cfg.clone(),
         model,
@@ -277,6 +283,7 @@ pub fn run_with(
         diagnostics,
         excluded,
         verdict,
+        recheck,
     })
 }
 
@@ -315,6 +322,36 @@ fn run_units(env: &mut Env<'_>, loaded: &mut LoadedModel, stage: &str, units: &[
     let Env { dir, cfg, data_dir, progress, executor } = env;
     let mut ws = Workspace::new(dir, cfg, data_dir, loaded);
     executor.run(stage, units, &mut ws, &mut **progress)
+}
+
+/// The re-checks of every evaluation unit in the run directory (search and test), added up in
+/// path order — from the files, so that a resumed run counts the units an earlier invocation
+/// computed.
+fn collect_rechecks(dir: &Path) -> Result<Option<RecheckReport>> {
+    fn walk(path: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(path) else { return Ok(()) };
+        for entry in entries {
+            let p = entry.map_err(|e| Error::io(path, e))?.path();
+            if p.is_dir() {
+                walk(&p, files)?;
+            } else if p.extension().is_some_and(|e| e == "json") {
+                files.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for stage in ["search", "eval"] {
+        walk(&dir.join(stage), &mut files)?;
+    }
+    files.sort();
+    let mut total: Option<RecheckReport> = None;
+    for f in files {
+        if let Some(r) = read_recheck(&f)? {
+            total.get_or_insert_with(RecheckReport::default).absorb(&r);
+        }
+    }
+    Ok(total)
 }
 
 /// A task name as a folder name.

@@ -18,6 +18,10 @@ pub enum Precision {
 }
 
 impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",

@@ -165,7 +165,24 @@ fn protocol(r: &RunResult) -> String {
         count(c.test.retain_limit, "test instances"),
         count(c.test.retain_instructions, "instructions"),
         c.test.random_seeds.len(),
-    )
+    ) + &precision_words(r)
+}
+
+/// For bf16 runs: what the precision changes, and what the re-check did.
+fn precision_words(r: &RunResult) -> String {
+    if r.config.precision.is_f32() {
+        return String::new();
+    }
+    match &r.recheck {
+        Some(c) => format!(
+            " Weights in bf16: attribution and KL are bf16's; {} of {} evaluation choices closer than {:.3} nats \
+             were re-scored in f32 ({} changed), so every choice is the f32 engine's.",
+            c.rescored, c.examples, c.margin, c.changed
+        ),
+        None => " Weights in bf16, choices not re-checked in f32 (recheck_margin = 0): close calls may differ from \
+                 the f32 engine's."
+            .to_string(),
+    }
 }
 
 pub fn markdown(r: &RunResult) -> String {

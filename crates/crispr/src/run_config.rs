@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attribution::Settings;
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use crate::retention::RetentionConstraint;
 use crate::selection::SelectionConfig;
 
@@ -28,6 +29,16 @@ pub struct RunConfig {
     /// How stages are cut into units of work (see `work.rs`).
     #[serde(default, skip_serializing_if = "Chunks::is_default")]
     pub chunks: Chunks,
+    /// Weight precision of every unit of work. Under `bf16` the evaluation choices are re-checked
+    /// in f32 (see `recheck_margin`), so they are the f32 engine's; attribution scores, KL values
+    /// and therefore the chosen neurons are bf16's own.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+    /// `bf16` only: the top-two gap (nats) below which an evaluation choice is re-scored in f32.
+    /// Absent: measured per unit of work (at least 0.1, and 4 × the largest bf16 error on its
+    /// first 16 instances); `0`: no re-check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck_margin: Option<f64>,
 }
 
 /// Instances per unit of work. The cut is part of the configuration, never of the executor: a
@@ -162,6 +173,8 @@ impl RunConfig {
             test,
             selection: SelectionConfig::default(),
             chunks: Chunks::default(),
+            precision: Precision::F32,
+            recheck_margin: None,
         };
         match name {
             "quick" => Ok(base(
@@ -279,6 +292,14 @@ impl RunConfig {
             None | Some("biasneuron") => {}
             Some(other) => {
                 return Err(format!("attribution.settings.compat = {other:?} is unknown (known: biasneuron)"))
+            }
+        }
+        if let Some(m) = self.recheck_margin {
+            if self.precision != Precision::Bf16 {
+                return Err("recheck_margin applies to precision = \"bf16\" only".into());
+            }
+            if !m.is_finite() || m < 0.0 {
+                return Err(format!("recheck_margin = {m} must be a non-negative number of nats"));
             }
         }
         let s = &self.search;

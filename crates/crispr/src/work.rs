@@ -17,11 +17,12 @@ use serde_json::json;
 use crate::attribution::{attribute_skill, attribute_sum, Instance, Scores};
 use crate::data::{self, InstructionSet, Task};
 use crate::error::{Error, Result};
-use crate::evaluate::{evaluate, EvalOptions};
+use crate::evaluate::{evaluate, recheck, EvalOptions, RecheckReport, BF16_RECHECK_MARGIN, RECHECK_CALIBRATION};
 use crate::files::{atomic_write, read_f64_scores, read_json, write_f64_scores};
 use crate::loader::LoadedModel;
 use crate::metrics::Outcome;
 use crate::model::{SiteInfo, Universe};
+use crate::precision::Precision;
 use crate::prune::{prune, Neuron};
 use crate::retention::{mean_kl, neutral_distributions};
 use crate::run_config::RunConfig;
@@ -124,11 +125,13 @@ pub struct Workspace<'a> {
     pub data_dir: &'a Path,
     pub loaded: &'a mut LoadedModel,
     tasks: BTreeMap<String, (Task, InstructionSet)>,
+    /// The model in f32 for re-checking bf16 choices, loaded when first needed.
+    reference: Option<LoadedModel>,
 }
 
 impl<'a> Workspace<'a> {
     pub fn new(dir: &'a Path, cfg: &'a RunConfig, data_dir: &'a Path, loaded: &'a mut LoadedModel) -> Self {
-        Workspace { dir, cfg, data_dir, loaded, tasks: BTreeMap::new() }
+        Workspace { dir, cfg, data_dir, loaded, tasks: BTreeMap::new(), reference: None }
     }
 
     /// A task and its full default instruction set (loaded once).
@@ -189,8 +192,30 @@ impl<'a> Workspace<'a> {
                 let pruned = prune(self.loaded.model.as_mut(), &neurons);
                 let result = evaluate(self.loaded, task, &one, indices, &EvalOptions::default(), &mut *tick);
                 pruned.restore(self.loaded.model.as_mut());
-                let outcomes: Vec<Outcome> = result?.into_iter().flat_map(|(_, o)| o).collect();
-                write_json(&path, &json!({ "outcomes": outcomes }))
+                let mut result = result?;
+                let report = match (self.cfg.precision, self.cfg.recheck_margin) {
+                    (Precision::F32, _) | (Precision::Bf16, Some(0.0)) => None,
+                    (Precision::Bf16, margin) => {
+                        // The same choices as the f32 engine: close calls scored again in f32,
+                        // on a reference pruned like the bf16 model.
+                        let reference = f32_reference(&mut self.reference, self.loaded.format.path())?;
+                        let pruned = prune(reference.model.as_mut(), &neurons);
+                        let (floor, calibrate) = match margin {
+                            Some(m) => (m, 0),
+                            None => (BF16_RECHECK_MARGIN, RECHECK_CALIBRATION),
+                        };
+                        let opts = EvalOptions::default();
+                        let report = recheck(&mut result, reference, task, &one, indices, &opts, floor, calibrate);
+                        pruned.restore(reference.model.as_mut());
+                        Some(report?)
+                    }
+                };
+                let outcomes: Vec<Outcome> = result.into_iter().flat_map(|(_, o)| o).collect();
+                let mut doc = json!({ "outcomes": outcomes });
+                if let Some(r) = report {
+                    doc["recheck"] = json!(r);
+                }
+                write_json(&path, &doc)
             }
             Unit::Kl { prompts, neurons, .. } => {
                 let neurons = neurons_of(neurons, self.loaded.model.sites())?;
@@ -208,6 +233,22 @@ impl<'a> Workspace<'a> {
             }
         }
     }
+}
+
+/// The f32 copy of the model at `path`, loaded into `slot` on first use (after the same memory
+/// check as every load: with the bf16 model already resident, a model too large for both fails
+/// here, with the numbers).
+fn f32_reference<'r>(slot: &'r mut Option<LoadedModel>, path: &Path) -> Result<&'r mut LoadedModel> {
+    if slot.is_none() {
+        let reference = crate::loader::load_checked(path, Precision::F32).map_err(|e| {
+            Error::msg(format!(
+                "loading the f32 model to re-check bf16 choices: {e} (recheck_margin = 0 in config.toml, or \
+                 --recheck-margin 0, skips the re-check)"
+            ))
+        })?;
+        *slot = Some(reference);
+    }
+    Ok(slot.as_mut().expect("loaded above"))
 }
 
 fn instruction_at(set: &InstructionSet, k: usize) -> Result<&crate::data::Instruction> {
@@ -228,6 +269,18 @@ pub fn read_outcomes(dir: &Path, unit: &Unit) -> Result<Vec<Outcome>> {
     let path = dir.join(unit.out());
     let v = read_json(&path)?;
     serde_json::from_value(v["outcomes"].clone()).map_err(|e| Error::format(&path, format!("bad outcomes: {e}")))
+}
+
+/// The re-check recorded in `path`, when it is the result of an [`Unit::Evaluate`] of a bf16
+/// run (`None` for any other file).
+pub fn read_recheck(path: &Path) -> Result<Option<RecheckReport>> {
+    let v = read_json(path)?;
+    match (v.get("outcomes"), v.get("recheck")) {
+        (Some(_), Some(r)) => serde_json::from_value(r.clone())
+            .map(Some)
+            .map_err(|e| Error::format(path, format!("bad recheck record: {e}"))),
+        _ => Ok(None),
+    }
 }
 
 /// The divergence a [`Unit::Kl`] wrote.

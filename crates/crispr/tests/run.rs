@@ -160,3 +160,118 @@ fn crispr_attribute_and_crispr_run_compute_the_same_scores() {
     }
     assert!(a["model"]["sha256"].as_str().is_some_and(|s| s.contains("model.safetensors:")), "{}", a["model"]);
 }
+
+/// The choices of every test unit of a run (`eval/<task>/units/<config>/…`), by file.
+fn test_choices(dir: &Path) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+    let mut out = std::collections::BTreeMap::new();
+    let eval = dir.join("eval");
+    for task in std::fs::read_dir(&eval).unwrap() {
+        let units = task.unwrap().path().join("units").join("original");
+        for f in std::fs::read_dir(&units).unwrap() {
+            let f = f.unwrap().path();
+            let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+            let choices = doc["outcomes"].as_array().unwrap().iter().map(|o| o["choice"].clone()).collect();
+            out.insert(f.strip_prefix(dir).unwrap().display().to_string(), choices);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bf16_run_makes_the_f32_choices_and_says_what_it_rechecked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (f32_dir, bf16_dir) = (tmp.path().join("f32"), tmp.path().join("bf16"));
+    let o = crispr_run(&cfg, &f32_dir).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = crispr_run(&cfg, &bf16_dir).args(["--precision", "bf16"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config = std::fs::read_to_string(bf16_dir.join("config.toml")).unwrap();
+    assert!(config.contains("precision = \"bf16\""), "the precision is part of the run's configuration:\n{config}");
+
+    // The unpruned model's test choices do not depend on the attribution: after the re-check
+    // they are the f32 run's, instance by instance.
+    let (a, b) = (test_choices(&f32_dir), test_choices(&bf16_dir));
+    assert!(a.len() >= 4, "test units of both tasks: {:?}", a.keys());
+    assert_eq!(a, b);
+
+    let m = metrics(&bf16_dir);
+    let r = &m["recheck"];
+    let examples = r["examples"].as_u64().unwrap();
+    // Every evaluation unit (search and test) calibrated on its first instances.
+    assert!(r["calibration_examples"].as_u64().unwrap() >= 8, "{r}");
+    assert!(r["rescored"].as_u64().unwrap() >= r["calibration_examples"].as_u64().unwrap(), "{r}");
+    assert!(examples > 100, "{r}");
+    assert!(r["margin"].as_f64().unwrap() >= 0.1, "{r}");
+    assert!(metrics(&f32_dir).get("recheck").is_none(), "f32 runs have no re-check");
+    let md = std::fs::read_to_string(bf16_dir.join("report.md")).unwrap();
+    assert!(md.contains("Weights in bf16") && md.contains(&format!("of {examples} evaluation choices")), "{md}");
+
+    // Without the re-check nothing is re-scored, and the report says the choices may differ.
+    let c = tmp.path().join("bf16-no-recheck");
+    let o = crispr_run(&cfg, &c).args(["--precision", "bf16", "--recheck-margin", "0"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(metrics(&c).get("recheck").is_none());
+    // A fixed margin re-scores only the close calls (no calibration), with the same choices.
+    let d = tmp.path().join("bf16-margin");
+    let o = crispr_run(&cfg, &d).args(["--precision", "bf16", "--recheck-margin", "0.3"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = &metrics(&d)["recheck"];
+    let rescored = r["rescored"].as_u64().unwrap();
+    assert!(rescored > 0 && rescored < examples / 2 && r["calibration_examples"] == 0, "{r}");
+    assert_eq!(r["margin"], 0.3);
+    assert_eq!(test_choices(&d), a);
+    assert!(std::fs::read_to_string(c.join("report.md")).unwrap().contains("may differ"));
+    // A margin without bf16 is a mistake, said before anything runs.
+    let o = crispr_run(&cfg, &tmp.path().join("x")).args(["--recheck-margin", "0.5"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("recheck_margin applies to precision"));
+}
+
+/// A bf16 evaluation unit with neurons pruned and every choice re-checked (an infinite margin)
+/// holds exactly the scores of the f32 unit: the f32 reference is pruned like the bf16 model.
+#[test]
+fn the_f32_recheck_prunes_the_reference_like_the_unit() {
+    use crispr::precision::Precision;
+    use crispr::work::{Unit, Workspace};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("tiny").join("llama");
+    let data = common::data_dir();
+    let unit = Unit::Evaluate {
+        task: "bbq:Age".into(),
+        instruction: 1,
+        indices: vec![3, 40, 41, 97, 150],
+        neurons: vec![(0, 3), (2, 7), (5, 1)],
+        out: "u.json".into(),
+    };
+    let outcomes = |precision: Precision, dir: &Path| {
+        let mut cfg = crispr::run_config::RunConfig::preset("quick", "x", "bbq:Age", vec![]).unwrap();
+        cfg.precision = precision;
+        cfg.recheck_margin = (precision == Precision::Bf16).then_some(1e9);
+        let mut loaded = crispr::loader::load_at(&model, precision).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        Workspace::new(dir, &cfg, &data, &mut loaded).compute(&unit, &mut || {}).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("u.json")).unwrap()).unwrap();
+        doc
+    };
+    let f = outcomes(Precision::F32, &tmp.path().join("f32"));
+    let b = outcomes(Precision::Bf16, &tmp.path().join("bf16"));
+    assert_eq!(b["recheck"]["rescored"], 5, "{}", b["recheck"]);
+    assert_eq!(f["outcomes"], b["outcomes"]);
+    // …and the pruning matters: unpruned, the f32 scores are others.
+    let mut cfg = crispr::run_config::RunConfig::preset("quick", "x", "bbq:Age", vec![]).unwrap();
+    cfg.precision = Precision::F32;
+    let mut loaded = crispr::loader::load_at(&model, Precision::F32).unwrap();
+    let plain = Unit::Evaluate {
+        task: "bbq:Age".into(),
+        instruction: 1,
+        indices: vec![3, 40, 41, 97, 150],
+        neurons: vec![],
+        out: "plain.json".into(),
+    };
+    let dir = tmp.path().join("f32");
+    Workspace::new(&dir, &cfg, &data, &mut loaded).compute(&plain, &mut || {}).unwrap();
+    let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("plain.json")).unwrap()).unwrap();
+    assert_ne!(p["outcomes"], f["outcomes"]);
+}

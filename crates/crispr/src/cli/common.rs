@@ -38,6 +38,36 @@ pub struct PrecisionArgs {
     pub precision: Precision,
 }
 
+/// `--recheck-margin auto|<nats>`.
+#[derive(Clone, Copy, Debug)]
+pub enum Margin {
+    Auto,
+    Fixed(f64),
+}
+
+impl std::str::FromStr for Margin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Margin::Auto);
+        }
+        match s.parse::<f64>() {
+            Ok(m) if m >= 0.0 && m.is_finite() => Ok(Margin::Fixed(m)),
+            _ => Err(format!("expected `auto` or a non-negative number of nats, got {s:?}")),
+        }
+    }
+}
+
+impl Margin {
+    /// As a run configuration stores it: absent for `auto`.
+    pub fn fixed(self) -> Option<f64> {
+        match self {
+            Margin::Auto => None,
+            Margin::Fixed(m) => Some(m),
+        }
+    }
+}
+
 pub struct LoadedTask {
     pub task: Task,
     pub instructions: InstructionSet,

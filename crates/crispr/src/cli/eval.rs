@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
+use super::common::Margin;
 use super::common::{model_checksum, progress, PrecisionArgs, TaskArgs};
 use super::ModelArgs;
 use crispr::data::{split_indices, InstructionSet, Split, Task};
@@ -194,26 +195,6 @@ fn recheck_in_f32(
         report.rescored, report.examples, report.margin, report.changed
     );
     Ok(report)
-}
-
-/// `--recheck-margin auto|<nats>`.
-#[derive(Clone, Copy, Debug)]
-enum Margin {
-    Auto,
-    Fixed(f64),
-}
-
-impl std::str::FromStr for Margin {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "auto" {
-            return Ok(Margin::Auto);
-        }
-        match s.parse::<f64>() {
-            Ok(m) if m >= 0.0 && m.is_finite() => Ok(Margin::Fixed(m)),
-            _ => Err(format!("expected `auto` or a non-negative number of nats, got {s:?}")),
-        }
-    }
 }
 
 /// One JSON line per (instruction, example): the candidates, the gold answer, the choice, and the

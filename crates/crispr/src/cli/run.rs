@@ -64,6 +64,14 @@ pub struct RunArgs {
     /// Attribution units hold at most this many instances (default: the whole sample).
     #[arg(long)]
     attribution_chunk: Option<usize>,
+    /// Weight matrices in f32 (the default) or bf16 (half the memory; evaluation choices are
+    /// re-checked in f32, see README, "Precision"). Part of the run's configuration.
+    #[arg(long, value_enum)]
+    precision: Option<crispr::precision::Precision>,
+    /// bf16 runs: re-score in f32 every choice whose top-two gap is below this many nats (`auto`:
+    /// measured per unit of work; `0`: no re-check, and no f32 copy of the model is loaded).
+    #[arg(long)]
+    recheck_margin: Option<super::common::Margin>,
     /// Print the units of work of each stage, their estimated cost and the wall time on 1, 8 and
     /// 64 workers, then stop (nothing is computed or written).
     #[arg(long)]
@@ -184,6 +192,12 @@ fn apply_selection_flags(mut cfg: RunConfig, args: &RunArgs) -> Result<RunConfig
     if let Some(c) = args.attribution_chunk {
         cfg.chunks.attribution = c;
     }
+    if let Some(p) = args.precision {
+        cfg.precision = p;
+    }
+    if let Some(m) = args.recheck_margin {
+        cfg.recheck_margin = m.fixed();
+    }
     cfg.selection.exclude_massive |= args.exclude_massive;
     cfg.selection.normalize |= args.normalize_scores;
     for (name, v) in [("--max-drop", args.max_drop), ("--max-kl", args.max_kl)] {
@@ -264,8 +278,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     // A resumed run must see the inputs its cached results were computed from.
     crispr::rundir::check_inputs(&args.out, &Inputs { model: common::model_checksum(&path), tasks })?;
-    let mut loaded =
-        crispr::loader::load_checked(&path, crispr::precision::Precision::F32).context("loading the model")?;
+    let mut loaded = crispr::loader::load_checked(&path, cfg.precision).context("loading the model")?;
     let started = std::time::Instant::now();
     let mut bars = Bars { bar: None };
     let mut executor = args.exec.executor()?;
@@ -304,7 +317,7 @@ fn plan(cfg: &RunConfig, model: &Path, data_dir: &Path, workers: &[usize]) -> Re
         anyhow::bail!("--workers takes positive worker counts, e.g. 1,8,64");
     }
     let t = std::time::Instant::now();
-    let loaded = crispr::loader::load_checked(model, crispr::precision::Precision::F32).context("loading the model")?;
+    let loaded = crispr::loader::load_checked(model, cfg.precision).context("loading the model")?;
     let startup = t.elapsed().as_secs_f64();
     eprintln!("crispr: timing a few steps of {} on this machine…", crispr::pipeline::display_model_name(&cfg.model));
     let (sizes, costs) = crispr::plan::measure(cfg, &loaded, data_dir, startup)?;

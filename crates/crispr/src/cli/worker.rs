@@ -45,7 +45,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     if mine.iter().all(|&i| units[i].is_done(&args.run_dir)) {
         return Ok(());
     }
-    let mut loaded = crispr::loader::load_checked(&setup.model, crispr::precision::Precision::F32)
+    let mut loaded = crispr::loader::load_checked(&setup.model, cfg.precision)
         .with_context(|| format!("loading {}", setup.model.display()))?;
     let mut ws = Workspace::new(&args.run_dir, &cfg, &setup.data_dir, &mut loaded);
     let mut failures = 0;
