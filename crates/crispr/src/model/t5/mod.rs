@@ -735,12 +735,18 @@ impl<F: Float> LanguageModel<F> for T5Model<F> {
         let enc = self.run_encoder(prompt, &mut None);
         let cross = self.cross_kv(&enc.out, prompt.len(), &mut None);
         let logprobs = self.score_packed(&cross, &[(0..prompt.len(), candidates)]).pop().unwrap_or_default();
+        // Each chosen candidate's decoder pass, then one encoder backward pass over all their
+        // gradients at the encoder output, stacked: the encoder's weights are read once.
+        let (mut order, mut d_enc) = (Vec::new(), Vec::new());
         for (k, c) in pick(&logprobs).into_iter().enumerate() {
             if !candidates[c].is_empty() {
-                self.candidate_backward(&enc, &cross, &candidates[c], &mut None, &mut |site, a, g| {
-                    visit(k, site, a, g)
-                });
+                let (_, g) = self.decoder_backward(&enc, &cross, &candidates[c], &mut None, k, visit);
+                order.push(k);
+                d_enc.extend(g);
             }
+        }
+        if !order.is_empty() {
+            self.encoder_backward(&enc, d_enc, order.len(), &mut |copy, site, a, g| visit(order[copy], site, a, g));
         }
         logprobs
     }
