@@ -1,5 +1,5 @@
 //! `crispr run` end to end on the tiny Llama checkpoint: a complete run writes its report files;
-//! a run killed mid-attribution and resumed with the same command gives the same metrics.json as
+//! a run stopped by SIGTERM mid-attribution and resumed with the same command gives the same metrics.json as
 //! an uninterrupted one; a directory holding a different configuration is refused.
 
 mod common;
@@ -107,8 +107,25 @@ fn run_reports_resumes_identically_and_refuses_other_configs() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.kill().unwrap();
-    let _ = child.wait();
+    // SIGTERM, as `kill` and `timeout` send (Ctrl-C's SIGINT takes the same path): the run
+    // computes in-process, so it must stop at once, not at the end of a stage.
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if stopped.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("crispr run ignored SIGTERM for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "exit status after SIGTERM");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("interrupted; finished work is kept"), "{err}");
     assert!(!b.join("metrics.json").exists(), "killed before finishing");
     let checkpoints = std::fs::read_dir(&partial).unwrap().count();
     assert!((1..4).contains(&checkpoints), "killed mid-attribution ({checkpoints} of 4 instructions done)");

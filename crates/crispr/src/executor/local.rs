@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{interrupted, run_batches, Batch, Executor, Launch, Launched, Monitor};
+use super::{interrupted, run_batches, Batch, Delegating, Executor, Launch, Launched, Monitor};
 use crate::error::{Error, Result};
 use crate::work::{Progress, Unit, Workspace};
 
@@ -37,6 +37,8 @@ impl Executor for Local {
 
 impl Launch for Local {
     fn launch(&mut self, batch: &Batch<'_>, monitor: &mut Monitor<'_>) -> Result<Launched> {
+        // Before the first spawn: an interrupt from here on must stop the workers, not orphan them.
+        let _waiting = Delegating::begin();
         // Worker w computes units w, w + workers, w + 2·workers, …
         let workers = self.jobs.min(batch.count).max(1);
         let log = |w: usize| batch.dir.join(format!("worker-{w}.log"));

@@ -14,7 +14,7 @@ mod local;
 mod slurm;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::work::{write_units, Progress, Unit, Workspace, JOBS_DIR};
@@ -43,19 +43,51 @@ impl Executor for InProcess {
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// How many process executors are waiting on work they started (worker processes, a Slurm job).
+static DELEGATING: AtomicUsize = AtomicUsize::new(0);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
+    if DELEGATING.load(Ordering::SeqCst) == 0 {
+        // Nothing to stop but this process: leave now. Every result file is written atomically
+        // and the run directory's lock is released by the kernel, so the same command resumes.
+        let msg = b"\ncrispr: interrupted; finished work is kept: the same command resumes the run\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer outlives the call.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(128 + sig);
+        }
+    }
 }
 
-/// Route SIGINT and SIGTERM to a flag that the process executors poll, so that stopping the
-/// driver stops (and, on Slurm, cancels) the work it started instead of orphaning it.
+/// Route SIGINT and SIGTERM to a flag that the process executors poll while they wait, so
+/// that stopping the driver stops (and, on Slurm, cancels) the work it started instead of
+/// orphaning it. Outside those waits a signal ends the process at once (exit status 128 +
+/// signal), as it would without a handler: Ctrl-C and `timeout` must stop a run computing
+/// in-process.
 pub fn catch_interrupts() {
     let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    // SAFETY: the handler only touches atomics and calls async-signal-safe functions.
     unsafe {
         libc::signal(libc::SIGINT, handler);
         libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+/// Held while a process executor waits on work it started: a signal then only sets the flag
+/// that the waiting loop polls, so the loop can stop that work before the driver exits.
+pub(crate) struct Delegating;
+
+impl Delegating {
+    pub(crate) fn begin() -> Delegating {
+        DELEGATING.fetch_add(1, Ordering::SeqCst);
+        Delegating
+    }
+}
+
+impl Drop for Delegating {
+    fn drop(&mut self) {
+        DELEGATING.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{interrupted, run_batches, Batch, Executor, Launch, Launched, Monitor};
+use super::{interrupted, run_batches, Batch, Delegating, Executor, Launch, Launched, Monitor};
 use crate::error::{Error, Result};
 use crate::work::{Progress, Unit, Workspace};
 
@@ -127,6 +127,8 @@ impl Executor for Slurm {
 
 impl Launch for Slurm {
     fn launch(&mut self, batch: &Batch<'_>, monitor: &mut Monitor<'_>) -> Result<Launched> {
+        // Before submitting: an interrupt from here on must cancel the job, not orphan it.
+        let _waiting = Delegating::begin();
         let id = self.submit(batch)?;
         monitor.note(&format!("{}: Slurm job {id}, {} array task(s)", batch.stage, batch.count));
         loop {
