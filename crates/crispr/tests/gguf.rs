@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::path::Path;
+
+use common::gguf_build::{self, f32_tensor, set_meta, Meta};
 use crispr::gguf::GgufFile;
 
 #[test]
@@ -42,11 +45,12 @@ fn truncated_gguf_is_an_error_naming_file_and_tensor() {
 }
 
 /// A GGUF in llama.cpp's naming and metadata (f32; q/k rows as in the checkpoint: llama.cpp
-/// permutes them for the llama architecture only) built from a tiny checkpoint, with `extra`
-/// metadata keys.
-fn gguf_from_checkpoint(family: &str, extra: &[(&str, u32)], out: &std::path::Path) {
-    use common::gguf_build::{self, f32_tensor, set_meta, Meta};
-    let dir = common::fixtures().join("tiny").join(family);
+/// permutes them for the llama architecture only) built from the tiny checkpoint in `dir`, with
+/// `extra` metadata keys (under the family's prefix). Gemma's tensors are converted as llama.cpp's
+/// converter does: its sandwich norms get their own names, and every norm weight is stored as
+/// `1 + w`.
+fn gguf_from_checkpoint(family: &str, dir: &Path, extra: &[(&str, Meta)], out: &Path) {
+    let gemma = family.starts_with("gemma");
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let get = |k: &str| cfg[k].as_u64().unwrap() as u32;
@@ -54,7 +58,7 @@ fn gguf_from_checkpoint(family: &str, extra: &[(&str, u32)], out: &std::path::Pa
     meta.retain(|(k, _)| !k.starts_with("llama."));
     set_meta(&mut meta, "general.architecture", Meta::Str(family.into()));
     let head_dim = cfg["head_dim"].as_u64().map_or(get("hidden_size") / get("num_attention_heads"), |h| h as u32);
-    let mut keys = vec![
+    let keys = [
         ("embedding_length", get("hidden_size")),
         ("feed_forward_length", get("intermediate_size")),
         ("block_count", get("num_hidden_layers")),
@@ -65,11 +69,15 @@ fn gguf_from_checkpoint(family: &str, extra: &[(&str, u32)], out: &std::path::Pa
         ("context_length", get("max_position_embeddings")),
         ("vocab_size", get("vocab_size")),
     ];
-    keys.extend_from_slice(extra);
     for (key, value) in keys {
         set_meta(&mut meta, &format!("{family}.{key}"), Meta::U32(value));
     }
-    let theta = cfg["rope_parameters"]["rope_theta"].as_f64().unwrap() as f32;
+    for (key, value) in extra {
+        set_meta(&mut meta, &format!("{family}.{key}"), value.clone());
+    }
+    // Gemma 3 nests RoPE per layer type; the file's base is the global layers'.
+    let rope = &cfg["rope_parameters"];
+    let theta = rope["full_attention"]["rope_theta"].as_f64().or(rope["rope_theta"].as_f64()).unwrap() as f32;
     set_meta(&mut meta, &format!("{family}.rope.freq_base"), Meta::F32(theta));
     let eps = cfg["rms_norm_eps"].as_f64().unwrap() as f32;
     set_meta(&mut meta, &format!("{family}.attention.layer_norm_rms_epsilon"), Meta::F32(eps));
@@ -83,7 +91,9 @@ fn gguf_from_checkpoint(family: &str, extra: &[(&str, u32)], out: &std::path::Pa
         let (layer, rest) = name.split_once('.').unwrap();
         let stem = match rest.strip_suffix(".weight").unwrap() {
             "input_layernorm" => "attn_norm",
-            "post_attention_layernorm" => "ffn_norm",
+            "post_attention_layernorm" if gemma => "post_attention_norm",
+            "post_attention_layernorm" | "pre_feedforward_layernorm" => "ffn_norm",
+            "post_feedforward_layernorm" => "post_ffw_norm",
             "self_attn.q_proj" => "attn_q",
             "self_attn.k_proj" => "attn_k",
             "self_attn.v_proj" => "attn_v",
@@ -100,7 +110,10 @@ fn gguf_from_checkpoint(family: &str, extra: &[(&str, u32)], out: &std::path::Pa
     };
     let mut tensors: Vec<_> = common::read_safetensors(&dir.join("model.safetensors"))
         .into_iter()
-        .map(|(name, (shape, values))| {
+        .map(|(name, (shape, mut values))| {
+            if gemma && name.ends_with("norm.weight") {
+                values.iter_mut().for_each(|w| *w += 1.0);
+            }
             // GGUF lists dimensions fastest first.
             let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
             f32_tensor(&rename(&name), &dims, &values)
@@ -110,20 +123,18 @@ fn gguf_from_checkpoint(family: &str, extra: &[(&str, u32)], out: &std::path::Pa
     gguf_build::write(out, &meta, &tensors);
 }
 
-/// The GGUF scores exactly like its checkpoint, and a copy pruned in its own format scores as
-/// the model pruned in memory.
-fn gguf_matches_checkpoint(family: &str, extra: &[(&str, u32)]) {
+/// The GGUF of the checkpoint in `dir` scores exactly like it, and a copy pruned in its own
+/// format scores as the model pruned in memory.
+fn gguf_matches_checkpoint(family: &str, dir: &Path, extra: &[(&str, Meta)]) {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join(format!("{family}.gguf"));
-    gguf_from_checkpoint(family, extra, &path);
+    gguf_from_checkpoint(family, dir, extra, &path);
     let from_gguf = crispr::loader::load(&path).unwrap();
-    let from_dir = crispr::loader::load(&common::fixtures().join("tiny").join(family)).unwrap();
+    let from_dir = crispr::loader::load(dir).unwrap();
     assert_eq!(from_gguf.model.describe()["architecture"], family);
     assert_eq!(from_gguf.model.sites(), from_dir.model.sites());
-    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 300).collect();
-    let cands = vec![vec![5u32, 77, 123], vec![9, 2]];
-    let a = from_gguf.model.score(&prompt, &cands);
-    assert_eq!(a, from_dir.model.score(&prompt, &cands), "{family}: GGUF and checkpoint log-probabilities");
+    let a = from_gguf.model.score(&PROMPT, &candidates());
+    assert_eq!(a, from_dir.model.score(&PROMPT, &candidates()), "{family}: GGUF and checkpoint log-probabilities");
 
     let mut loaded = from_gguf;
     let sites = loaded.model.sites().len();
@@ -136,19 +147,97 @@ fn gguf_matches_checkpoint(family: &str, extra: &[(&str, u32)]) {
     let out = tmp.path().join("pruned.gguf");
     crispr::export::write_pruned(&loaded.format, &rows, &out).unwrap();
     let _restore = crispr::prune::prune(loaded.model.as_mut(), &neurons);
-    let in_memory = loaded.model.score(&prompt, &cands);
+    let in_memory = loaded.model.score(&PROMPT, &candidates());
     assert_ne!(in_memory, a, "{family}: pruning changed the scores");
     let pruned = crispr::loader::load(&out).unwrap();
-    assert_eq!(pruned.model.score(&prompt, &cands), in_memory, "{family}: pruned on disk vs in memory");
+    assert_eq!(pruned.model.score(&PROMPT, &candidates()), in_memory, "{family}: pruned on disk vs in memory");
+}
+
+/// 40 positions: longer than the fixtures' sliding windows.
+const PROMPT: [u32; 40] = {
+    let mut p = [0u32; 40];
+    let mut i = 0;
+    while i < 40 {
+        p[i] = (i as u32 * 37 + 11) % 300;
+        i += 1;
+    }
+    p
+};
+
+fn candidates() -> Vec<Vec<u32>> {
+    vec![vec![5, 77, 123], vec![9, 2]]
+}
+
+fn tiny(family: &str) -> std::path::PathBuf {
+    common::fixtures().join("tiny").join(family)
 }
 
 #[test]
 fn qwen3_gguf_scores_like_its_checkpoint() {
-    gguf_matches_checkpoint("qwen3", &[]);
+    gguf_matches_checkpoint("qwen3", &tiny("qwen3"), &[]);
 }
 
 #[test]
 fn phi3_gguf_with_fused_projections_scores_like_its_checkpoint() {
     // The fixture rotates whole heads and has a 24-position window.
-    gguf_matches_checkpoint("phi3", &[("rope.dimension_count", 16), ("attention.sliding_window", 24)]);
+    let extra = [("rope.dimension_count", Meta::U32(16)), ("attention.sliding_window", Meta::U32(24))];
+    gguf_matches_checkpoint("phi3", &tiny("phi3"), &extra);
+}
+
+/// A copy of a tiny Gemma checkpoint with `query_pre_attn_scalar` = `head_dim`. GGUF has no such
+/// key: llama.cpp scales queries by 1/√head_dim (below 27B), which is what every released model
+/// below 27B sets, whereas the fixtures use other values to test the checkpoint path.
+fn gemma_as_gguf_represents_it(family: &str, into: &Path) -> std::path::PathBuf {
+    let src = tiny(family);
+    let dir = into.join(family);
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let name = entry.unwrap().file_name();
+        std::fs::copy(src.join(&name), dir.join(&name)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_ne!(cfg["query_pre_attn_scalar"], cfg["head_dim"], "the fixture no longer tests the scale");
+    cfg["query_pre_attn_scalar"] = cfg["head_dim"].clone();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+/// The GGUF of the original fixture (its own `query_pre_attn_scalar`) scores differently: the
+/// comparison above depends on the attention scale.
+fn scale_matters(family: &str, extra: &[(&str, Meta)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("g.gguf");
+    gguf_from_checkpoint(family, &tiny(family), extra, &path);
+    let gguf = crispr::loader::load(&path).unwrap();
+    let original = crispr::loader::load(&tiny(family)).unwrap();
+    assert_ne!(gguf.model.score(&PROMPT, &candidates()), original.model.score(&PROMPT, &candidates()));
+}
+
+#[test]
+fn gemma2_gguf_scores_like_its_checkpoint() {
+    // Soft-caps 5 / 10 (not llama.cpp's defaults 50 / 30) and a 16-token window; the default
+    // pattern (every 2nd layer global) is the fixture's.
+    let extra = [
+        ("attn_logit_softcapping", Meta::F32(5.0)),
+        ("final_logit_softcapping", Meta::F32(10.0)),
+        ("attention.sliding_window", Meta::U32(16)),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    gguf_matches_checkpoint("gemma2", &gemma_as_gguf_represents_it("gemma2", tmp.path()), &extra);
+    scale_matters("gemma2", &extra);
+}
+
+#[test]
+fn gemma3_gguf_scores_like_its_checkpoint() {
+    // The fixture's two layers are local then global, stated per layer (llama.cpp's default,
+    // every 6th layer global, would make both local); local RoPE base 10000, global 1e6.
+    let extra = [
+        ("final_logit_softcapping", Meta::F32(10.0)),
+        ("attention.sliding_window", Meta::U32(16)),
+        ("attention.sliding_window_pattern", Meta::bools(&[true, false])),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    gguf_matches_checkpoint("gemma3", &gemma_as_gguf_represents_it("gemma3", tmp.path()), &extra);
+    scale_matters("gemma3", &extra);
 }

@@ -5,8 +5,10 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, Value};
 use crate::model::family::ConfigJson;
 use crate::model::kernels::GateAct;
+use crate::model::llama::config::gguf_sizes;
 use crate::model::{Arch, LlamaConfig, RopeScaling};
 
 /// Which Gemma a configuration describes.
@@ -131,6 +133,163 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
     };
     cfg.validate().map_err(err)?;
     Ok(cfg)
+}
+
+/// Parse the metadata of a llama.cpp `gemma2` or `gemma3` GGUF file (text models), reading it
+/// the way llama.cpp does: softcaps default to Gemma 2's 50/30 when absent, a `gemma3` file
+/// without a sliding window is global throughout, and the local layers of Gemma 3 rotate with
+/// base 10000 unless the file names one. The converter stores norm weights as `1 + w` already,
+/// so nothing is folded on load.
+pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
+    let err = |m: String| Error::format(&file.path, m);
+    let arch_name = file.get("general.architecture").and_then(Value::as_str).unwrap_or("");
+    let generation = match arch_name {
+        "gemma2" => Generation::Two,
+        "gemma3" => Generation::Three,
+        other => return Err(err(format!("not a Gemma 2/3 GGUF file (general.architecture={other:?})"))),
+    };
+    // Ollama-style files bundle the vision tower of a multimodal Gemma 3 with the text model.
+    if let Some(t) = file.tensors.iter().find(|t| t.name.starts_with("v.") || t.name.starts_with("mm.")) {
+        return Err(err(format!(
+            "tensor {} belongs to a vision tower: multimodal Gemma 3 GGUF files are not supported \
+             (convert the text model alone)",
+            t.name
+        )));
+    }
+    // llama.cpp always multiplies by the token embedding (a separate output matrix is not part
+    // of the architecture, and the converter drops lm_head).
+    if file.tensor("output.weight").is_some() {
+        return Err(err("tensor output.weight: Gemma's output layer is the token embedding; an untied output \
+                        matrix is not part of llama.cpp's gemma architectures"
+            .into()));
+    }
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let get = |k: &str| file.get(&key(k));
+    let float = |k: &str| -> Result<Option<f64>> {
+        match get(k) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| err(format!("metadata {} is not a number", key(k)))),
+        }
+    };
+
+    let mut cfg = gguf_sizes(file, arch_name)?;
+    // The sizes are checked before anything is allocated per layer.
+    cfg.validate().map_err(err)?;
+    // The converter drops the padding rows of the embedding; the tensor is the vocabulary.
+    if let Some(rows) = file.tensor("token_embd.weight").and_then(|t| t.dims.get(1)) {
+        cfg.vocab_size = usize::try_from(*rows).map_err(|_| err(format!("vocabulary size {rows} is too large")))?;
+    }
+    if let Some(v) = get("attention.value_length").and_then(Value::as_u64) {
+        if v as usize != cfg.head_dim {
+            return Err(err(format!(
+                "metadata {}: value heads of {v} dimensions differ from key heads of {} (not supported)",
+                key("attention.value_length"),
+                cfg.head_dim
+            )));
+        }
+    }
+    if let Some(dims) = get("rope.dimension_count").and_then(Value::as_u64) {
+        if dims as usize != cfg.head_dim {
+            return Err(err(format!(
+                "metadata {}: partial rotary embeddings ({dims} of {} dimensions) are not supported",
+                key("rope.dimension_count"),
+                cfg.head_dim
+            )));
+        }
+    }
+    cfg.rope_scaling = match get("rope.scaling.type").map(|v| v.as_str().unwrap_or("?")) {
+        None | Some("none") => None,
+        Some("linear") if generation == Generation::Three => {
+            let factor = float("rope.scaling.factor")?.filter(|f| f.is_finite() && *f > 0.0);
+            Some(RopeScaling::Linear {
+                factor: factor
+                    .ok_or_else(|| err(format!("metadata {} is missing or not positive", key("rope.scaling.factor"))))?,
+            })
+        }
+        Some(other) => {
+            return Err(err(format!("metadata {}: rope scaling {other:?} is not supported for {arch_name}", key("rope.scaling.type"))))
+        }
+    };
+
+    let layers = cfg.num_layers;
+    let window = match get("attention.sliding_window") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| err(format!("metadata {} is not a whole number", key("attention.sliding_window"))))?),
+    };
+    // llama.cpp: Gemma 2 defaults to a 4096-token window; Gemma 3 without one (or with 0) has
+    // no local layers.
+    cfg.sliding_window = match (generation, window) {
+        (Generation::Two, None) => Some(4096),
+        (_, Some(0)) | (Generation::Three, None) => None,
+        (_, Some(w)) => Some(w as usize),
+    };
+    // Which layers are local: every 2nd (Gemma 2) or 6th (Gemma 3) layer is global, as llama.cpp
+    // sets it; a file may state the pattern as a period or one flag per layer.
+    let period = match generation {
+        Generation::Two => 2,
+        Generation::Three => 6,
+    };
+    let pattern_key = key("attention.sliding_window_pattern");
+    let sliding: Vec<bool> = match get("attention.sliding_window_pattern") {
+        None => (0..layers).map(|i| i % period < period - 1).collect(),
+        Some(Value::Array(flags)) => {
+            let flags: Option<Vec<bool>> = flags.iter().map(Value::as_bool).collect();
+            flags.filter(|f| f.len() == layers).ok_or_else(|| {
+                err(format!("metadata {pattern_key}: expected {layers} true/false entries, one per layer"))
+            })?
+        }
+        Some(v) => match v.as_u64() {
+            Some(0) => vec![true; layers],
+            Some(n) => (0..layers as u64).map(|i| i % n < n - 1).collect(),
+            None => return Err(err(format!("metadata {pattern_key} is neither a period nor a list of flags"))),
+        },
+    };
+    cfg.sliding_layers = Some(sliding);
+
+    let global_theta = cfg.rope_theta;
+    cfg.local_rope_theta = match generation {
+        // Gemma 2 rotates every layer alike unless the file says otherwise.
+        Generation::Two => float("rope.freq_base_swa")?.filter(|t| *t != global_theta),
+        Generation::Three => cfg.sliding_window.and(Some(float("rope.freq_base_swa")?.unwrap_or(10000.0))),
+    };
+
+    let (default_caps, name) = match generation {
+        Generation::Two => ((Some(50.0), Some(30.0)), "gemma2"),
+        Generation::Three => ((None, None), "gemma3"),
+    };
+    // A cap of 0 is llama.cpp's "none".
+    let cap = |k: &str, default: Option<f64>| -> Result<Option<f64>> {
+        Ok(match float(k)? {
+            None => default,
+            Some(0.0) => None,
+            Some(c) => Some(c),
+        })
+    };
+    cfg.attn_softcap = cap("attn_logit_softcapping", default_caps.0)?;
+    cfg.final_softcap = cap("final_logit_softcapping", default_caps.1)?;
+
+    cfg.arch = Arch::Other(name);
+    cfg.tie_word_embeddings = true;
+    cfg.qk_norm = generation == Generation::Three;
+    cfg.post_norms = true;
+    cfg.activation = GateAct::GeluTanh;
+    cfg.embed_scale = (cfg.hidden_size as f64).sqrt();
+    cfg.attn_scale = gguf_attn_scale(generation, &cfg);
+    cfg.validate().map_err(err)?;
+    Ok(cfg)
+}
+
+/// GGUF has no `query_pre_attn_scalar`. llama.cpp scales queries by `1/√head_dim`, except in the
+/// 27B models (46 layers in Gemma 2, 62 in Gemma 3), where it uses `1/√(hidden/heads)`, as
+/// gemma_pytorch does; both equal `query_pre_attn_scalar^-½` of every released Gemma 2/3.
+fn gguf_attn_scale(generation: Generation, cfg: &LlamaConfig) -> f64 {
+    let is_27b = cfg.num_layers
+        == match generation {
+            Generation::Two => 46,
+            Generation::Three => 62,
+        };
+    let dim = if is_27b { cfg.hidden_size / cfg.num_heads } else { cfg.head_dim };
+    (dim as f64).powf(-0.5)
 }
 
 /// `(theta, scaling)` of one RoPE parameter object (`rope_type` default or linear).
