@@ -241,3 +241,119 @@ fn gemma3_gguf_scores_like_its_checkpoint() {
     gguf_matches_checkpoint("gemma3", &gemma_as_gguf_represents_it("gemma3", tmp.path()), &extra);
     scale_matters("gemma3", &extra);
 }
+
+/// A metadata-only `gemma2`/`gemma3` GGUF (sizes of a released model, no tensors unless given)
+/// with `extra` keys, read by the Gemma family's GGUF configuration.
+fn gemma_config(
+    dir: &Path,
+    arch: &str,
+    sizes: [u32; 4],
+    extra: &[(&str, Meta)],
+    tensors: &[&str],
+) -> crispr::Result<crispr::model::LlamaConfig> {
+    let [layers, hidden, heads, head_dim] = sizes;
+    let mut meta = vec![("general.architecture".to_string(), Meta::Str(arch.into()))];
+    let keys = [
+        ("block_count", layers),
+        ("embedding_length", hidden),
+        ("attention.head_count", heads),
+        ("attention.head_count_kv", heads / 2),
+        ("attention.key_length", head_dim),
+        ("feed_forward_length", 4 * hidden),
+        ("vocab_size", 262_144),
+    ];
+    for (k, v) in keys {
+        set_meta(&mut meta, &format!("{arch}.{k}"), Meta::U32(v));
+    }
+    for (k, v) in extra {
+        set_meta(&mut meta, &format!("{arch}.{k}"), v.clone());
+    }
+    let tensors: Vec<_> = tensors.iter().map(|name| f32_tensor(name, &[2], &[1.0, 1.0])).collect();
+    let path = dir.join("meta.gguf");
+    gguf_build::write(&path, &meta, &tensors);
+    crispr::model::gemma::config::config_from_gguf(&GgufFile::open(&path)?)
+}
+
+#[test]
+fn gemma_gguf_metadata_is_read_as_llama_cpp_reads_it() {
+    use crispr::model::RopeScaling;
+    let tmp = tempfile::tempdir().unwrap();
+    // 1/√d, to the last bits (powf and sqrt may round differently).
+    let scale = |d: f64| (1.0 / d.sqrt() * 1e12).round();
+    let of = |c: &crispr::model::LlamaConfig| (c.attn_scale * 1e12).round();
+    // gemma-2-9b without soft-cap or window keys: llama.cpp's defaults, every 2nd layer global.
+    let c = gemma_config(tmp.path(), "gemma2", [42, 3584, 16, 256], &[], &[]).unwrap();
+    assert_eq!((c.attn_softcap, c.final_softcap, c.sliding_window), (Some(50.0), Some(30.0), Some(4096)));
+    assert_eq!(c.sliding_layers.as_deref().unwrap()[..4], [true, false, true, false]);
+    assert_eq!((of(&c), c.local_rope_theta, c.qk_norm), (scale(256.0), None, false));
+    assert!(c.post_norms && c.tie_word_embeddings && (c.embed_scale - 3584f64.sqrt()).abs() < 1e-12);
+    // gemma-2-27b: queries scaled by 1/√(hidden/heads) = 1/√144, not 1/√head_dim.
+    let c = gemma_config(tmp.path(), "gemma2", [46, 4608, 32, 128], &[], &[]).unwrap();
+    assert_eq!(of(&c), scale(144.0));
+    // gemma-3-27b: 1/√168; every 6th layer global; local base 10000; linear scaling (global).
+    let extra = [
+        ("attention.sliding_window", Meta::U32(1024)),
+        ("rope.freq_base", Meta::F32(1e6)),
+        ("rope.scaling.type", Meta::Str("linear".into())),
+        ("rope.scaling.factor", Meta::F32(8.0)),
+    ];
+    let c = gemma_config(tmp.path(), "gemma3", [62, 5376, 32, 128], &extra, &[]).unwrap();
+    assert_eq!(of(&c), scale(168.0));
+    let sliding = c.sliding_layers.as_deref().unwrap();
+    assert_eq!(sliding[..12], [true, true, true, true, true, false, true, true, true, true, true, false]);
+    assert_eq!((c.rope_theta, c.local_rope_theta), (1e6, Some(10000.0)));
+    assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+    assert_eq!((c.attn_softcap, c.final_softcap, c.sliding_window, c.qk_norm), (None, None, Some(1024), true));
+    // gemma-3-1b (head_dim 256, hidden/heads 288): 1/√256.
+    let c = gemma_config(tmp.path(), "gemma3", [26, 1152, 4, 256], &extra[..1], &[]).unwrap();
+    assert_eq!(of(&c), scale(256.0));
+    // No window: every layer global, on the global base; a file's own period and local base.
+    let c = gemma_config(tmp.path(), "gemma3", [26, 1152, 4, 256], &[], &[]).unwrap();
+    assert_eq!((c.sliding_window, c.local_rope_theta), (None, None));
+    let own = [
+        ("attention.sliding_window", Meta::U32(512)),
+        ("attention.sliding_window_pattern", Meta::U32(3)),
+        ("rope.freq_base_swa", Meta::F32(20000.0)),
+    ];
+    let c = gemma_config(tmp.path(), "gemma3", [6, 1152, 4, 256], &own, &[]).unwrap();
+    assert_eq!(c.sliding_layers.as_deref().unwrap(), [true, true, false, true, true, false]);
+    assert_eq!(c.local_rope_theta, Some(20000.0));
+}
+
+#[test]
+fn gemma_gguf_refusals_name_the_file_and_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sizes = [4, 64, 4, 16];
+    // (architecture, keys, tensors, what the error must name)
+    type Case<'a> = (&'a str, Vec<(&'a str, Meta)>, &'a [&'a str], &'a str);
+    let cases: [Case; 7] = [
+        ("gemma3", vec![], &["v.blk.0.attn_q.weight"], "v.blk.0.attn_q.weight"),
+        ("gemma2", vec![], &["output.weight"], "output.weight"),
+        ("gemma3", vec![("rope.scaling.type", Meta::Str("yarn".into()))], &[], "gemma3.rope.scaling.type"),
+        ("gemma2", vec![("rope.scaling.type", Meta::Str("linear".into()))], &[], "gemma2.rope.scaling.type"),
+        ("gemma3", vec![("rope.scaling.type", Meta::Str("linear".into()))], &[], "gemma3.rope.scaling.factor"),
+        ("gemma2", vec![("attention.value_length", Meta::U32(32))], &[], "gemma2.attention.value_length"),
+        (
+            "gemma3",
+            vec![
+                ("attention.sliding_window", Meta::U32(8)),
+                ("attention.sliding_window_pattern", Meta::bools(&[true])),
+            ],
+            &[],
+            "gemma3.attention.sliding_window_pattern",
+        ),
+    ];
+    for (arch, extra, tensors, named) in cases {
+        let e = gemma_config(tmp.path(), arch, sizes, &extra, tensors).unwrap_err().to_string();
+        assert!(e.contains("meta.gguf") && e.contains(named), "{named}: {e}");
+    }
+    // Through the loader: a vision tower bundled in the file is one clear error, not a panic.
+    let path = tmp.path().join("mm.gguf");
+    gguf_from_checkpoint("gemma3", &tiny("gemma3"), &[], &path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(14).position(|w| w == b"blk.0.attn_k.w").unwrap();
+    bytes[at..at + 2].copy_from_slice(b"v.");
+    std::fs::write(&path, bytes).unwrap();
+    let e = crispr::loader::load(&path).err().expect("a vision tensor is refused").to_string();
+    assert!(e.contains("mm.gguf") && e.contains("vision"), "{e}");
+}

@@ -148,109 +148,46 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
         "gemma3" => Generation::Three,
         other => return Err(err(format!("not a Gemma 2/3 GGUF file (general.architecture={other:?})"))),
     };
-    // Ollama-style files bundle the vision tower of a multimodal Gemma 3 with the text model.
-    if let Some(t) = file.tensors.iter().find(|t| t.name.starts_with("v.") || t.name.starts_with("mm.")) {
-        return Err(err(format!(
-            "tensor {} belongs to a vision tower: multimodal Gemma 3 GGUF files are not supported \
-             (convert the text model alone)",
-            t.name
-        )));
-    }
-    // llama.cpp always multiplies by the token embedding (a separate output matrix is not part
-    // of the architecture, and the converter drops lm_head).
-    if file.tensor("output.weight").is_some() {
-        return Err(err("tensor output.weight: Gemma's output layer is the token embedding; an untied output \
-                        matrix is not part of llama.cpp's gemma architectures"
-            .into()));
-    }
-    let key = |k: &str| format!("{arch_name}.{k}");
-    let get = |k: &str| file.get(&key(k));
-    let float = |k: &str| -> Result<Option<f64>> {
-        match get(k) {
-            None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| err(format!("metadata {} is not a number", key(k)))),
-        }
-    };
-
+    let meta = GemmaMeta { file, arch_name };
     let mut cfg = gguf_sizes(file, arch_name)?;
     // The sizes are checked before anything is allocated per layer.
     cfg.validate().map_err(err)?;
-    // The converter drops the padding rows of the embedding; the tensor is the vocabulary.
+    refuse_unsupported(&meta, &cfg)?;
+    // The converter drops the padding rows of the embedding: the tensor is the vocabulary.
     if let Some(rows) = file.tensor("token_embd.weight").and_then(|t| t.dims.get(1)) {
         cfg.vocab_size = usize::try_from(*rows).map_err(|_| err(format!("vocabulary size {rows} is too large")))?;
     }
-    if let Some(v) = get("attention.value_length").and_then(Value::as_u64) {
-        if v as usize != cfg.head_dim {
-            return Err(err(format!(
-                "metadata {}: value heads of {v} dimensions differ from key heads of {} (not supported)",
-                key("attention.value_length"),
-                cfg.head_dim
-            )));
-        }
-    }
-    if let Some(dims) = get("rope.dimension_count").and_then(Value::as_u64) {
-        if dims as usize != cfg.head_dim {
-            return Err(err(format!(
-                "metadata {}: partial rotary embeddings ({dims} of {} dimensions) are not supported",
-                key("rope.dimension_count"),
-                cfg.head_dim
-            )));
-        }
-    }
-    cfg.rope_scaling = match get("rope.scaling.type").map(|v| v.as_str().unwrap_or("?")) {
+    cfg.rope_scaling = match meta.get("rope.scaling.type").map(|v| v.as_str().unwrap_or("?")) {
         None | Some("none") => None,
+        // Gemma 3's global layers (llama.cpp leaves the local ones unscaled).
         Some("linear") if generation == Generation::Three => {
-            let factor = float("rope.scaling.factor")?.filter(|f| f.is_finite() && *f > 0.0);
-            Some(RopeScaling::Linear {
-                factor: factor
-                    .ok_or_else(|| err(format!("metadata {} is missing or not positive", key("rope.scaling.factor"))))?,
-            })
+            let factor = meta.float("rope.scaling.factor")?.filter(|f| f.is_finite() && *f > 0.0);
+            let factor = factor.ok_or_else(|| meta.error("rope.scaling.factor", "missing or not positive"))?;
+            Some(RopeScaling::Linear { factor })
         }
-        Some(other) => {
-            return Err(err(format!("metadata {}: rope scaling {other:?} is not supported for {arch_name}", key("rope.scaling.type"))))
-        }
+        Some(other) => return Err(meta.error("rope.scaling.type", &format!("rope scaling {other:?} is not supported"))),
     };
 
-    let layers = cfg.num_layers;
-    let window = match get("attention.sliding_window") {
-        None => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| err(format!("metadata {} is not a whole number", key("attention.sliding_window"))))?),
-    };
     // llama.cpp: Gemma 2 defaults to a 4096-token window; Gemma 3 without one (or with 0) has
     // no local layers.
+    let window = match meta.get("attention.sliding_window") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| meta.error("attention.sliding_window", "not a whole number"))?),
+    };
     cfg.sliding_window = match (generation, window) {
         (Generation::Two, None) => Some(4096),
         (_, Some(0)) | (Generation::Three, None) => None,
         (_, Some(w)) => Some(w as usize),
     };
-    // Which layers are local: every 2nd (Gemma 2) or 6th (Gemma 3) layer is global, as llama.cpp
-    // sets it; a file may state the pattern as a period or one flag per layer.
-    let period = match generation {
-        Generation::Two => 2,
-        Generation::Three => 6,
-    };
-    let pattern_key = key("attention.sliding_window_pattern");
-    let sliding: Vec<bool> = match get("attention.sliding_window_pattern") {
-        None => (0..layers).map(|i| i % period < period - 1).collect(),
-        Some(Value::Array(flags)) => {
-            let flags: Option<Vec<bool>> = flags.iter().map(Value::as_bool).collect();
-            flags.filter(|f| f.len() == layers).ok_or_else(|| {
-                err(format!("metadata {pattern_key}: expected {layers} true/false entries, one per layer"))
-            })?
-        }
-        Some(v) => match v.as_u64() {
-            Some(0) => vec![true; layers],
-            Some(n) => (0..layers as u64).map(|i| i % n < n - 1).collect(),
-            None => return Err(err(format!("metadata {pattern_key} is neither a period nor a list of flags"))),
-        },
-    };
-    cfg.sliding_layers = Some(sliding);
-
+    cfg.sliding_layers = Some(local_layers(&meta, generation, cfg.num_layers)?);
     let global_theta = cfg.rope_theta;
     cfg.local_rope_theta = match generation {
         // Gemma 2 rotates every layer alike unless the file says otherwise.
-        Generation::Two => float("rope.freq_base_swa")?.filter(|t| *t != global_theta),
-        Generation::Three => cfg.sliding_window.and(Some(float("rope.freq_base_swa")?.unwrap_or(10000.0))),
+        Generation::Two => meta.float("rope.freq_base_swa")?.filter(|t| *t != global_theta),
+        Generation::Three => match cfg.sliding_window {
+            Some(_) => Some(meta.float("rope.freq_base_swa")?.unwrap_or(10000.0)),
+            None => None,
+        },
     };
 
     let (default_caps, name) = match generation {
@@ -259,7 +196,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
     };
     // A cap of 0 is llama.cpp's "none".
     let cap = |k: &str, default: Option<f64>| -> Result<Option<f64>> {
-        Ok(match float(k)? {
+        Ok(match meta.float(k)? {
             None => default,
             Some(0.0) => None,
             Some(c) => Some(c),
@@ -277,6 +214,86 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
     cfg.attn_scale = gguf_attn_scale(generation, &cfg);
     cfg.validate().map_err(err)?;
     Ok(cfg)
+}
+
+/// Typed reads of `<arch>.…` keys; errors name the file and the key.
+struct GemmaMeta<'a> {
+    file: &'a GgufFile,
+    arch_name: &'a str,
+}
+
+impl GemmaMeta<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch_name)
+    }
+
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.file.get(&self.key(k))
+    }
+
+    fn error(&self, k: &str, problem: &str) -> Error {
+        Error::format(&self.file.path, format!("metadata {}: {problem}", self.key(k)))
+    }
+
+    fn float(&self, k: &str) -> Result<Option<f64>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.error(k, "not a number")),
+        }
+    }
+}
+
+/// What llama.cpp's gemma architectures do not define, or this engine does not compute.
+fn refuse_unsupported(meta: &GemmaMeta, cfg: &LlamaConfig) -> Result<()> {
+    let file = meta.file;
+    let err = |m: String| Error::format(&file.path, m);
+    // Ollama-style files bundle the vision tower of a multimodal Gemma 3 with the text model.
+    if let Some(t) = file.tensors.iter().find(|t| t.name.starts_with("v.") || t.name.starts_with("mm.")) {
+        return Err(err(format!(
+            "tensor {} belongs to a vision tower: multimodal Gemma 3 GGUF files are not supported \
+             (convert the text model alone)",
+            t.name
+        )));
+    }
+    // llama.cpp always multiplies by the token embedding (the converter drops lm_head).
+    if file.tensor("output.weight").is_some() {
+        return Err(err("tensor output.weight: Gemma's output layer is the token embedding; a separate \
+                        output matrix is not part of llama.cpp's gemma architectures"
+            .into()));
+    }
+    let head_dim = cfg.head_dim as u64;
+    if let Some(v) = meta.get("attention.value_length").and_then(Value::as_u64).filter(|v| *v != head_dim) {
+        let problem = format!("value heads of {v} dimensions differ from key heads of {head_dim} (not supported)");
+        return Err(meta.error("attention.value_length", &problem));
+    }
+    if let Some(d) = meta.get("rope.dimension_count").and_then(Value::as_u64).filter(|d| *d != head_dim) {
+        return Err(meta.error(
+            "rope.dimension_count",
+            &format!("partial rotary embeddings ({d} of {head_dim} dimensions) are not supported"),
+        ));
+    }
+    Ok(())
+}
+
+/// Which layers are local: every 2nd (Gemma 2) or 6th (Gemma 3) layer is global, as llama.cpp
+/// sets it. A file may state the pattern itself, as a period (llama.cpp's meaning: layer `i` is
+/// local when `i % n < n - 1`; 0: all local) or as one flag per layer.
+fn local_layers(meta: &GemmaMeta, generation: Generation, layers: usize) -> Result<Vec<bool>> {
+    let by_period = |n: usize| (0..layers).map(|i| n == 0 || i % n < n - 1).collect();
+    let k = "attention.sliding_window_pattern";
+    Ok(match meta.get(k) {
+        None => by_period(if generation == Generation::Two { 2 } else { 6 }),
+        Some(Value::Array(flags)) => {
+            let flags: Option<Vec<bool>> = flags.iter().map(Value::as_bool).collect();
+            flags
+                .filter(|f| f.len() == layers)
+                .ok_or_else(|| meta.error(k, &format!("expected {layers} true/false entries, one per layer")))?
+        }
+        Some(v) => match v.as_u64() {
+            Some(n) => by_period(n.min(layers as u64 + 1) as usize),
+            None => return Err(meta.error(k, "neither a period nor a list of flags")),
+        },
+    })
 }
 
 /// GGUF has no `query_pre_attn_scalar`. llama.cpp scales queries by `1/√head_dim`, except in the
