@@ -50,12 +50,22 @@ fn truncated_gguf_is_an_error_naming_file_and_tensor() {
 /// converter does: its sandwich norms get their own names, and every norm weight is stored as
 /// `1 + w`.
 fn gguf_from_checkpoint(family: &str, dir: &Path, extra: &[(&str, Meta)], out: &Path) {
+    gguf_with_tokenizer(family, dir, extra, None, out)
+}
+
+/// [`gguf_from_checkpoint`] with the `tokenizer.*` metadata given (else the byte-level one of
+/// [`gguf_build::tiny_llama`]).
+fn gguf_with_tokenizer(family: &str, dir: &Path, extra: &[(&str, Meta)], tok: Option<&[(String, Meta)]>, out: &Path) {
     let gemma = family.starts_with("gemma");
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let get = |k: &str| cfg[k].as_u64().unwrap() as u32;
     let (mut meta, _) = gguf_build::tiny_llama();
     meta.retain(|(k, _)| !k.starts_with("llama."));
+    if let Some(tok) = tok {
+        meta.retain(|(k, _)| !k.starts_with("tokenizer."));
+        meta.extend(tok.iter().cloned());
+    }
     set_meta(&mut meta, "general.architecture", Meta::Str(family.into()));
     let head_dim = cfg["head_dim"].as_u64().map_or(get("hidden_size") / get("num_attention_heads"), |h| h as u32);
     let keys = [
@@ -242,6 +252,30 @@ fn gemma3_gguf_scores_like_its_checkpoint() {
     scale_matters("gemma3", &extra);
 }
 
+#[test]
+fn gemma_gguf_with_its_sentencepiece_vocabulary_loads_and_scores_a_chat_prompt() {
+    // A Gemma file as llama.cpp writes it: SentencePiece vocabulary, Gemma's chat template.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("gemma2.gguf");
+    let dir = gemma_as_gguf_represents_it("gemma2", tmp.path());
+    gguf_with_tokenizer(
+        "gemma2",
+        &dir,
+        &[("attention.sliding_window", Meta::U32(16))],
+        Some(&gemma_vocab_meta()),
+        &path,
+    );
+    let loaded = crispr::loader::load(&path).unwrap();
+    let end_of_turn = loaded.text.end_of_turn.and_then(|id| loaded.text.token(id));
+    assert_eq!(end_of_turn.as_deref(), Some("<end_of_turn>"));
+    let cands = ["unknown".to_string(), "the grandson".to_string()];
+    let enc = crispr::score::encode(&loaded.text, crispr::score::PromptStyle::Chat, "Who was crying?", &cands).unwrap();
+    assert_eq!(loaded.text.token(enc.prompt[0]).as_deref(), Some("<bos>"));
+    assert_eq!(enc.prompt.iter().filter(|&&t| t == enc.prompt[0]).count(), 1, "one BOS");
+    let scores = loaded.model.score(&enc.prompt, &enc.candidates);
+    assert!(scores.iter().all(|s| s.is_finite() && *s < 0.0), "{scores:?}");
+}
+
 /// A metadata-only `gemma2`/`gemma3` GGUF (sizes of a released model, no tensors unless given)
 /// with `extra` keys, read by the Gemma family's GGUF configuration.
 fn gemma_config(
@@ -356,4 +390,62 @@ fn gemma_gguf_refusals_name_the_file_and_the_key() {
     std::fs::write(&path, bytes).unwrap();
     let e = crispr::loader::load(&path).err().expect("a vision tensor is refused").to_string();
     assert!(e.contains("mm.gguf") && e.contains("vision"), "{e}");
+}
+
+/// Gemma's SentencePiece vocabulary as llama.cpp stores it (no merges; runs of spaces spelled
+/// with real spaces; an `<unk>` of type "unknown"): token ids as transformers gives them on the
+/// same file (`scripts/make_gemma_vocab_fixture.py`), with and without the BOS it adds.
+#[test]
+fn gemma_sentencepiece_vocabulary_tokenizes_like_transformers() {
+    let dir = common::fixtures().join("gguf");
+    let codec = crispr::text::TextCodec::from_gguf(&GgufFile::open(&dir.join("gemma_vocab.gguf")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("gemma_vocab.json")).unwrap()).unwrap();
+    assert_eq!(codec.vocab_size() as u64, expected["tokens"].as_u64().unwrap());
+    let texts = expected["texts"].as_array().unwrap();
+    assert!(texts.len() >= 10);
+    let ids = |v: &serde_json::Value| -> Vec<u32> { serde_json::from_value(v.clone()).unwrap() };
+    for case in texts {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(codec.encode(text, true).unwrap(), ids(&case["ids"]), "{text:?}");
+        assert_eq!(codec.encode(text, false).unwrap(), ids(&case["ids_no_special"]), "{text:?} without BOS");
+    }
+    // The chat template writes the one BOS; the turn closes with `<end_of_turn>`.
+    let chat = &expected["chat"];
+    assert_eq!(codec.chat_prompt(chat["user"].as_str().unwrap()).unwrap(), ids(&chat["ids"]));
+    assert_eq!(codec.end_of_turn.map(u64::from), expected["end_of_turn"].as_u64());
+}
+
+/// The `tokenizer.*` metadata of the Gemma SentencePiece fixture, to give a model file Gemma's
+/// tokenizer layout.
+fn gemma_vocab_meta() -> Vec<(String, Meta)> {
+    use crispr::gguf::Value;
+    let file = GgufFile::open(&common::fixtures().join("gguf").join("gemma_vocab.gguf")).unwrap();
+    let item = |v: &Value| -> (u32, Vec<u8>) {
+        match v {
+            Value::String(s) => (8, gguf_build::str_bytes(s)),
+            Value::F32(x) => (6, x.to_le_bytes().to_vec()),
+            Value::I32(x) => (5, x.to_le_bytes().to_vec()),
+            Value::U32(x) => (4, x.to_le_bytes().to_vec()),
+            Value::Bool(b) => (7, vec![*b as u8]),
+            other => panic!("unexpected metadata value {other:?}"),
+        }
+    };
+    file.metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .map(|(k, v)| {
+            let meta = match v {
+                Value::Array(items) => {
+                    let items: Vec<(u32, Vec<u8>)> = items.iter().map(item).collect();
+                    Meta::Array(items.first().map_or(8, |i| i.0), items.into_iter().map(|i| i.1).collect())
+                }
+                v => {
+                    let (t, payload) = item(v);
+                    Meta::Raw(t, payload)
+                }
+            };
+            (k.clone(), meta)
+        })
+        .collect()
 }
