@@ -143,6 +143,9 @@ fn gguf_matches_checkpoint(family: &str, dir: &Path, extra: &[(&str, Meta)]) {
     let from_dir = crispr::loader::load(dir).unwrap();
     assert_eq!(from_gguf.model.describe()["architecture"], family);
     assert_eq!(from_gguf.model.sites(), from_dir.model.sites());
+    // `crispr info` (and the memory check before a load) reads the same model from the headers.
+    let info = crispr::loader::inspect(&path).unwrap();
+    assert_eq!((&info.sites[..], &info.describe["architecture"]), (from_gguf.model.sites(), &family.into()));
     let a = from_gguf.model.score(&PROMPT, &candidates());
     assert_eq!(a, from_dir.model.score(&PROMPT, &candidates()), "{family}: GGUF and checkpoint log-probabilities");
 
