@@ -413,6 +413,14 @@ fn gemma_sentencepiece_vocabulary_tokenizes_like_transformers() {
         assert_eq!(codec.encode(text, true).unwrap(), ids(&case["ids"]), "{text:?}");
         assert_eq!(codec.encode(text, false).unwrap(), ids(&case["ids_no_special"]), "{text:?} without BOS");
     }
+    // Other SentencePiece vocabularies follow other rules: refused, naming the file.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("phi3.gguf");
+    let mut meta = gemma_vocab_meta();
+    meta.push(("general.architecture".into(), Meta::Str("phi3".into())));
+    gguf_build::write(&path, &meta, &[]);
+    let e = crispr::text::TextCodec::from_gguf(&GgufFile::open(&path).unwrap()).err().unwrap().to_string();
+    assert!(e.contains("phi3.gguf") && e.contains("\"llama\"") && e.contains("phi3"), "{e}");
     // The chat template writes the one BOS; the turn closes with `<end_of_turn>`.
     let chat = &expected["chat"];
     assert_eq!(codec.chat_prompt(chat["user"].as_str().unwrap()).unwrap(), ids(&chat["ids"]));

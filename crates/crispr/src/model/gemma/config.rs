@@ -194,7 +194,9 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
         Generation::Two => ((Some(50.0), Some(30.0)), "gemma2"),
         Generation::Three => ((None, None), "gemma3"),
     };
-    // A cap of 0 is llama.cpp's "none".
+    // A cap of 0 is llama.cpp's "none". The converter writes Gemma 3's final cap only when the
+    // model sets one; it is applied, as transformers does (llama.cpp's sliding-window graph for
+    // gemma3 leaves it out).
     let cap = |k: &str, default: Option<f64>| -> Result<Option<f64>> {
         Ok(match meta.float(k)? {
             None => default,
