@@ -101,17 +101,16 @@ impl TextCodec {
         let path = &file.path;
         let model = file.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
         let arch = file.get("general.architecture").and_then(Value::as_str).unwrap_or("");
-        // Gemma's SentencePiece vocabulary is rebuilt as transformers rebuilds it for Gemma files;
-        // other SentencePiece vocabularies (Phi-3, Llama 2) each need their own rules.
-        let gemma = match (model, arch) {
-            ("gpt2", _) => false,
-            ("llama", "gemma2" | "gemma3") => true,
+        // SentencePiece vocabularies are rebuilt with the rules transformers picks by architecture.
+        let spm = match model {
+            "gpt2" => None,
+            "llama" => Some(sentencepiece::Flavour::of(arch)),
             _ => {
                 return Err(Error::format(
                     path,
                     format!(
-                        "GGUF tokenizer type {model:?} of a {arch:?} model is not supported (byte-level BPE, \
-                         \"gpt2\", and Gemma's SentencePiece, \"llama\")"
+                        "GGUF tokenizer type {model:?} is not supported (byte-level BPE, \"gpt2\", and \
+                         SentencePiece, \"llama\")"
                     ),
                 ))
             }
@@ -131,7 +130,7 @@ impl TextCodec {
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         // SentencePiece files list no merges: they are recovered from the vocabulary.
-        let merges = if gemma { Vec::new() } else { strings("tokenizer.ggml.merges")? };
+        let merges = if spm.is_some() { Vec::new() } else { strings("tokenizer.ggml.merges")? };
         let types: Vec<u64> = file
             .get("tokenizer.ggml.token_type")
             .and_then(Value::as_array)
@@ -163,7 +162,7 @@ impl TextCodec {
         };
         let (bos_id, eos_id) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
         // transformers (and llama.cpp) add BOS to a SentencePiece vocabulary that does not say.
-        let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(gemma);
+        let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(spm.is_some());
 
         let merges: Vec<Json> = merges
             .iter()
@@ -172,9 +171,9 @@ impl TextCodec {
                 json!([a, b])
             })
             .collect();
-        let respelled = if gemma { sentencepiece::respell(&tokens) } else { Vec::new() };
+        let respelled = spm.map(|f| sentencepiece::respell(f, &tokens)).unwrap_or_default();
         // The tokens named special by id (a SentencePiece `<unk>` has type "unknown", not control).
-        let named: Vec<u32> = if gemma {
+        let named: Vec<u32> = if spm.is_some() {
             let unk = id("tokenizer.ggml.unknown_token_id")?;
             [bos_id, eos_id, unk, id("tokenizer.ggml.padding_token_id")?].into_iter().flatten().collect()
         } else {
@@ -188,7 +187,7 @@ impl TextCodec {
             .enumerate()
             .filter_map(|(i, &t)| {
                 let special = t == 3 || named.contains(&(i as u32));
-                let user = t == 4 && (!gemma || kept.contains(tokens[i].as_str()));
+                let user = t == 4 && (spm.is_none() || kept.contains(tokens[i].as_str()));
                 (special || user).then(|| {
                     json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
                            "rstrip": false, "normalized": false, "special": special})
@@ -206,24 +205,38 @@ impl TextCodec {
             (Some(b), true, Some(i)) => json!({ b.as_str(): {"id": b, "ids": [i], "tokens": [b]} }),
             _ => json!({}),
         };
-        let (normalizer, pre_tokenizer, decoder, model) = if gemma {
+        let [normalizer, pre_tokenizer, decoder, model] = if let Some(flavour) = spm {
+            let key = "tokenizer.ggml.scores";
+            let scores: Option<Vec<f64>> = match file.get(key) {
+                None => None,
+                Some(v) => Some(
+                    v.as_array()
+                        .and_then(|a| a.iter().map(|x| x.as_f64().filter(|f| f.is_finite())).collect())
+                        .filter(|s: &Vec<f64>| s.len() == tokens.len())
+                        .ok_or_else(|| {
+                            Error::format(path, format!("{key}: expected {} finite numbers", tokens.len()))
+                        })?,
+                ),
+            };
+            let rank = sentencepiece::ranks(flavour, scores.as_deref(), tokens.len())
+                .ok_or_else(|| Error::format(path, format!("metadata {key} is missing")))?;
             // transformers' Gemma tokenizer calls it `<unk>` unless the file names another.
             let unk = match id("tokenizer.ggml.unknown_token_id")? {
                 Some(i) => Some(respelled[i as usize].as_str()),
                 None => kept.get("<unk>").copied(),
             };
-            sentencepiece::gemma_pipeline(&respelled, unk)
+            sentencepiece::pipeline(flavour, &respelled, &rank, unk)
         } else {
             let vocab: serde_json::Map<String, Json> =
                 tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
-            (
+            [
                 Json::Null,
                 json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
                 json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
                 json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
                        "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                        "vocab": vocab, "merges": merges}),
-            )
+            ]
         };
         let doc = json!({
             "version": "1.0",

@@ -395,43 +395,50 @@ fn gemma_gguf_refusals_name_the_file_and_the_key() {
     assert!(e.contains("mm.gguf") && e.contains("vision"), "{e}");
 }
 
-/// Gemma's SentencePiece vocabulary as llama.cpp stores it (no merges; runs of spaces spelled
-/// with real spaces; an `<unk>` of type "unknown"): token ids as transformers gives them on the
-/// same file (`scripts/make_gemma_vocab_fixture.py`), with and without the BOS it adds.
+/// SentencePiece vocabularies as llama.cpp stores them (no merges; Gemma's runs of spaces spelled
+/// with real spaces and its scores against its merge order; Llama's and Phi-3's scores against
+/// their token order; an `<unk>` of type "unknown"): token ids as transformers gives them on the
+/// same files (`scripts/make_sentencepiece_fixtures.py`), with and without the BOS it adds, and
+/// chat prompts as its `apply_chat_template` encodes them.
 #[test]
-fn gemma_sentencepiece_vocabulary_tokenizes_like_transformers() {
+fn sentencepiece_vocabularies_tokenize_like_transformers() {
     let dir = common::fixtures().join("gguf");
-    let codec = crispr::text::TextCodec::from_gguf(&GgufFile::open(&dir.join("gemma_vocab.gguf")).unwrap()).unwrap();
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("gemma_vocab.json")).unwrap()).unwrap();
-    assert_eq!(codec.vocab_size() as u64, expected["tokens"].as_u64().unwrap());
-    let texts = expected["texts"].as_array().unwrap();
-    assert!(texts.len() >= 10);
     let ids = |v: &serde_json::Value| -> Vec<u32> { serde_json::from_value(v.clone()).unwrap() };
-    for case in texts {
-        let text = case["text"].as_str().unwrap();
-        assert_eq!(codec.encode(text, true).unwrap(), ids(&case["ids"]), "{text:?}");
-        assert_eq!(codec.encode(text, false).unwrap(), ids(&case["ids_no_special"]), "{text:?} without BOS");
+    for arch in ["gemma3", "phi3", "llama"] {
+        let file = GgufFile::open(&dir.join(format!("spm_{arch}.gguf"))).unwrap();
+        let codec = crispr::text::TextCodec::from_gguf(&file).unwrap();
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("spm_{arch}.json"))).unwrap()).unwrap();
+        assert_eq!(codec.vocab_size() as u64, expected["tokens"].as_u64().unwrap(), "{arch}");
+        let texts = expected["texts"].as_array().unwrap();
+        assert!(texts.len() >= 10);
+        for case in texts {
+            let text = case["text"].as_str().unwrap();
+            assert_eq!(codec.encode(text, true).unwrap(), ids(&case["ids"]), "{arch}: {text:?}");
+            assert_eq!(codec.encode(text, false).unwrap(), ids(&case["ids_no_special"]), "{arch}: {text:?}, no BOS");
+        }
+        // The chat template writes the one BOS; the turn closes with the template's marker.
+        let chat = &expected["chat"];
+        if arch != "llama" {
+            assert_eq!(codec.chat_prompt(chat["user"].as_str().unwrap()).unwrap(), ids(&chat["ids"]), "{arch}");
+            assert_eq!(codec.end_of_turn.map(u64::from), chat["end_of_turn"].as_u64(), "{arch}");
+        }
     }
-    // Other SentencePiece vocabularies follow other rules: refused, naming the file.
+    // A tokenizer of another kind is refused, naming the file.
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("phi3.gguf");
+    let path = tmp.path().join("bert.gguf");
     let mut meta = gemma_vocab_meta();
-    meta.push(("general.architecture".into(), Meta::Str("phi3".into())));
+    set_meta(&mut meta, "tokenizer.ggml.model", Meta::Str("bert".into()));
     gguf_build::write(&path, &meta, &[]);
     let e = crispr::text::TextCodec::from_gguf(&GgufFile::open(&path).unwrap()).err().unwrap().to_string();
-    assert!(e.contains("phi3.gguf") && e.contains("\"llama\"") && e.contains("phi3"), "{e}");
-    // The chat template writes the one BOS; the turn closes with `<end_of_turn>`.
-    let chat = &expected["chat"];
-    assert_eq!(codec.chat_prompt(chat["user"].as_str().unwrap()).unwrap(), ids(&chat["ids"]));
-    assert_eq!(codec.end_of_turn.map(u64::from), expected["end_of_turn"].as_u64());
+    assert!(e.contains("bert.gguf") && e.contains("\"bert\""), "{e}");
 }
 
 /// The `tokenizer.*` metadata of the Gemma SentencePiece fixture, to give a model file Gemma's
 /// tokenizer layout.
 fn gemma_vocab_meta() -> Vec<(String, Meta)> {
     use crispr::gguf::Value;
-    let file = GgufFile::open(&common::fixtures().join("gguf").join("gemma_vocab.gguf")).unwrap();
+    let file = GgufFile::open(&common::fixtures().join("gguf").join("spm_gemma3.gguf")).unwrap();
     let item = |v: &Value| -> (u32, Vec<u8>) {
         match v {
             Value::String(s) => (8, gguf_build::str_bytes(s)),
