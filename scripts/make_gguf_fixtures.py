@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """GGUF dequantisation fixtures: one small GGUF holding, for every supported GGML type, a tensor of
 random blocks (with finite f16 scales) next to its dequantisation by gguf-py (`<name>.expected`, F32).
-Called by make_fixtures.py; writes FIX/quants.gguf."""
+Called by make_fixtures.py; writes FIX/quants.gguf, and the SentencePiece vocabularies through
+make_sentencepiece_fixtures.py."""
 
 import numpy as np
 import gguf
@@ -46,3 +47,5 @@ def main(out_dir):
     w.write_tensors_to_file()
     w.close()
     print("gguf/quants.gguf written")
+    import make_sentencepiece_fixtures
+    make_sentencepiece_fixtures.main(out_dir)

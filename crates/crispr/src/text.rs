@@ -13,6 +13,8 @@ use serde_json::{json, Value as Json};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
 
+mod sentencepiece;
+
 /// Instructions a chat template may execute for one rendering (see [`TextCodec::render`]).
 const TEMPLATE_FUEL: u64 = 5_000_000;
 
@@ -98,15 +100,21 @@ impl TextCodec {
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let path = &file.path;
         let model = file.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
-        if model != "gpt2" {
-            return Err(Error::format(
-                path,
-                format!(
-                    "GGUF tokenizer type {model:?} is not supported (only byte-level BPE, \"gpt2\"); \
-                     pass the original tokenizer.json with --tokenizer"
-                ),
-            ));
-        }
+        let arch = file.get("general.architecture").and_then(Value::as_str).unwrap_or("");
+        // SentencePiece vocabularies are rebuilt with the rules transformers picks by architecture.
+        let spm = match model {
+            "gpt2" => None,
+            "llama" => Some(sentencepiece::Flavour::of(arch)),
+            _ => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "GGUF tokenizer type {model:?} is not supported (byte-level BPE, \"gpt2\", and \
+                         SentencePiece, \"llama\")"
+                    ),
+                ))
+            }
+        };
         let strings = |key: &str| -> Result<Vec<String>> {
             let arr = file
                 .get(key)
@@ -121,7 +129,8 @@ impl TextCodec {
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
+        // SentencePiece files list no merges: they are recovered from the vocabulary.
+        let merges = if spm.is_some() { Vec::new() } else { strings("tokenizer.ggml.merges")? };
         let types: Vec<u64> = file
             .get("tokenizer.ggml.token_type")
             .and_then(Value::as_array)
@@ -152,10 +161,9 @@ impl TextCodec {
             }
         };
         let (bos_id, eos_id) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
-        let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+        // transformers (and llama.cpp) add BOS to a SentencePiece vocabulary that does not say.
+        let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(spm.is_some());
 
-        let vocab: serde_json::Map<String, Json> =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
         let merges: Vec<Json> = merges
             .iter()
             .map(|m| {
@@ -163,14 +171,27 @@ impl TextCodec {
                 json!([a, b])
             })
             .collect();
-        // GGML token types: 3 = control (special), 4 = user-defined (added, not special).
+        let respelled = spm.map(|f| sentencepiece::respell(f, &tokens)).unwrap_or_default();
+        // The tokens named special by id (a SentencePiece `<unk>` has type "unknown", not control).
+        let named: Vec<u32> = if spm.is_some() {
+            let unk = id("tokenizer.ggml.unknown_token_id")?;
+            [bos_id, eos_id, unk, id("tokenizer.ggml.padding_token_id")?].into_iter().flatten().collect()
+        } else {
+            Vec::new()
+        };
+        // GGML token types: 3 = control (special), 4 = user-defined (added, not special; in a
+        // SentencePiece vocabulary only those whose spelling the model keeps).
+        let kept: std::collections::HashSet<&str> = respelled.iter().map(String::as_str).collect();
         let added: Vec<Json> = types
             .iter()
             .enumerate()
-            .filter(|(_, &t)| t == 3 || t == 4)
-            .map(|(i, &t)| {
-                json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
-                       "rstrip": false, "normalized": false, "special": t == 3})
+            .filter_map(|(i, &t)| {
+                let special = t == 3 || named.contains(&(i as u32));
+                let user = t == 4 && (spm.is_none() || kept.contains(tokens[i].as_str()));
+                (special || user).then(|| {
+                    json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": special})
+                })
             })
             .collect();
         let bos_str = bos_id.and_then(|i| tokens.get(i as usize)).cloned();
@@ -184,20 +205,51 @@ impl TextCodec {
             (Some(b), true, Some(i)) => json!({ b.as_str(): {"id": b, "ids": [i], "tokens": [b]} }),
             _ => json!({}),
         };
+        let [normalizer, pre_tokenizer, decoder, model] = if let Some(flavour) = spm {
+            let key = "tokenizer.ggml.scores";
+            let scores: Option<Vec<f64>> = match file.get(key) {
+                None => None,
+                Some(v) => Some(
+                    v.as_array()
+                        .and_then(|a| a.iter().map(|x| x.as_f64().filter(|f| f.is_finite())).collect())
+                        .filter(|s: &Vec<f64>| s.len() == tokens.len())
+                        .ok_or_else(|| {
+                            Error::format(path, format!("{key}: expected {} finite numbers", tokens.len()))
+                        })?,
+                ),
+            };
+            let rank = sentencepiece::ranks(flavour, scores.as_deref(), tokens.len())
+                .ok_or_else(|| Error::format(path, format!("metadata {key} is missing")))?;
+            // transformers' Gemma tokenizer calls it `<unk>` unless the file names another.
+            let unk = match id("tokenizer.ggml.unknown_token_id")? {
+                Some(i) => Some(respelled[i as usize].as_str()),
+                None => kept.get("<unk>").copied(),
+            };
+            sentencepiece::pipeline(flavour, &respelled, &rank, unk)
+        } else {
+            let vocab: serde_json::Map<String, Json> =
+                tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+            [
+                Json::Null,
+                json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+                json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+                json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                       "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                       "vocab": vocab, "merges": merges}),
+            ]
+        };
         let doc = json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
             "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "normalizer": normalizer,
+            "pre_tokenizer": pre_tokenizer,
             "post_processor": {"type": "TemplateProcessing", "single": single,
                                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
                                "special_tokens": special_tokens},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
-                      "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": vocab, "merges": merges}
+            "decoder": decoder,
+            "model": model
         });
         let tokenizer: tokenizers::Tokenizer =
             serde_json::from_value::<tokenizers::Tokenizer>(doc).map_err(|e| tok_err(path, e))?;

@@ -205,6 +205,30 @@ fn fuzz_gguf_reader_and_loader() {
     });
 }
 
+/// The SentencePiece vocabularies of GGUF files (Gemma's, Phi-3's, Llama's rules), rebuilt into
+/// a tokenizer that then encodes text and a chat prompt.
+#[test]
+fn fuzz_gguf_sentencepiece_tokenizer() {
+    let seeds: Vec<Vec<u8>> =
+        ["gemma3", "phi3", "llama"].iter().map(|arch| fixture(&["gguf", &format!("spm_{arch}.gguf")])).collect();
+    let focus = seeds[0].len();
+    fuzz(Target {
+        name: "gguf_sentencepiece",
+        seeds,
+        focus,
+        run: Box::new(|bytes, dir| {
+            let path = dir.join("v.gguf");
+            std::fs::write(&path, bytes).unwrap();
+            if let Ok(f) = crispr::gguf::GgufFile::open(&path) {
+                if let Ok(text) = crispr::text::TextCodec::from_gguf(&f) {
+                    let _ = text.encode("Who was  crying? <s> <unk>", true);
+                    let _ = text.chat_prompt("Who was crying?");
+                }
+            }
+        }),
+    });
+}
+
 /// A checkpoint directory (the tiny Llama fixture) with one file replaced by the input.
 fn checkpoint_target(name: &'static str, file: &'static str, focus: usize) -> Target {
     let seed = fixture(&["tiny", "llama", file]);

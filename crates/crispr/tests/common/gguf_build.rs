@@ -25,6 +25,10 @@ impl Meta {
         Meta::Array(5, items.iter().map(|v| v.to_le_bytes().to_vec()).collect())
     }
 
+    pub fn bools(items: &[bool]) -> Meta {
+        Meta::Array(7, items.iter().map(|&v| vec![v as u8]).collect())
+    }
+
     fn type_id(&self) -> u32 {
         match self {
             Meta::U32(_) => 4,

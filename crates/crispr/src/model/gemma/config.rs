@@ -5,8 +5,10 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, Value};
 use crate::model::family::ConfigJson;
 use crate::model::kernels::GateAct;
+use crate::model::llama::config::gguf_sizes;
 use crate::model::{Arch, LlamaConfig, RopeScaling};
 
 /// Which Gemma a configuration describes.
@@ -131,6 +133,182 @@ pub fn config_from_hf(path: &Path, v: &Json) -> Result<LlamaConfig> {
     };
     cfg.validate().map_err(err)?;
     Ok(cfg)
+}
+
+/// Parse the metadata of a llama.cpp `gemma2` or `gemma3` GGUF file (text models), reading it
+/// the way llama.cpp does: softcaps default to Gemma 2's 50/30 when absent, a `gemma3` file
+/// without a sliding window is global throughout, and the local layers of Gemma 3 rotate with
+/// base 10000 unless the file names one. The converter stores norm weights as `1 + w` already,
+/// so nothing is folded on load.
+pub fn config_from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
+    let err = |m: String| Error::format(&file.path, m);
+    let arch_name = file.get("general.architecture").and_then(Value::as_str).unwrap_or("");
+    let generation = match arch_name {
+        "gemma2" => Generation::Two,
+        "gemma3" => Generation::Three,
+        other => return Err(err(format!("not a Gemma 2/3 GGUF file (general.architecture={other:?})"))),
+    };
+    let meta = GemmaMeta { file, arch_name };
+    let mut cfg = gguf_sizes(file, arch_name)?;
+    // The sizes are checked before anything is allocated per layer.
+    cfg.validate().map_err(err)?;
+    refuse_unsupported(&meta, &cfg)?;
+    // The converter drops the padding rows of the embedding: the tensor is the vocabulary.
+    if let Some(rows) = file.tensor("token_embd.weight").and_then(|t| t.dims.get(1)) {
+        cfg.vocab_size = usize::try_from(*rows).map_err(|_| err(format!("vocabulary size {rows} is too large")))?;
+    }
+    cfg.rope_scaling = match meta.get("rope.scaling.type").map(|v| v.as_str().unwrap_or("?")) {
+        None | Some("none") => None,
+        // Gemma 3's global layers (llama.cpp leaves the local ones unscaled).
+        Some("linear") if generation == Generation::Three => {
+            let factor = meta.float("rope.scaling.factor")?.filter(|f| f.is_finite() && *f > 0.0);
+            let factor = factor.ok_or_else(|| meta.error("rope.scaling.factor", "missing or not positive"))?;
+            Some(RopeScaling::Linear { factor })
+        }
+        Some(other) => return Err(meta.error("rope.scaling.type", &format!("rope scaling {other:?} is not supported"))),
+    };
+
+    // llama.cpp: Gemma 2 defaults to a 4096-token window; Gemma 3 without one (or with 0) has
+    // no local layers.
+    let window = match meta.get("attention.sliding_window") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| meta.error("attention.sliding_window", "not a whole number"))?),
+    };
+    cfg.sliding_window = match (generation, window) {
+        (Generation::Two, None) => Some(4096),
+        (_, Some(0)) | (Generation::Three, None) => None,
+        (_, Some(w)) => Some(w as usize),
+    };
+    cfg.sliding_layers = Some(local_layers(&meta, generation, cfg.num_layers)?);
+    let global_theta = cfg.rope_theta;
+    cfg.local_rope_theta = match generation {
+        // Gemma 2 rotates every layer alike unless the file says otherwise.
+        Generation::Two => meta.float("rope.freq_base_swa")?.filter(|t| *t != global_theta),
+        Generation::Three => match cfg.sliding_window {
+            Some(_) => Some(meta.float("rope.freq_base_swa")?.unwrap_or(10000.0)),
+            None => None,
+        },
+    };
+
+    let (default_caps, name) = match generation {
+        Generation::Two => ((Some(50.0), Some(30.0)), "gemma2"),
+        Generation::Three => ((None, None), "gemma3"),
+    };
+    // A cap of 0 is llama.cpp's "none". The converter writes Gemma 3's final cap only when the
+    // model sets one; it is applied, as transformers does (llama.cpp's sliding-window graph for
+    // gemma3 leaves it out).
+    let cap = |k: &str, default: Option<f64>| -> Result<Option<f64>> {
+        Ok(match meta.float(k)? {
+            None => default,
+            Some(0.0) => None,
+            Some(c) => Some(c),
+        })
+    };
+    cfg.attn_softcap = cap("attn_logit_softcapping", default_caps.0)?;
+    cfg.final_softcap = cap("final_logit_softcapping", default_caps.1)?;
+
+    cfg.arch = Arch::Other(name);
+    cfg.tie_word_embeddings = true;
+    cfg.qk_norm = generation == Generation::Three;
+    cfg.post_norms = true;
+    cfg.activation = GateAct::GeluTanh;
+    cfg.embed_scale = (cfg.hidden_size as f64).sqrt();
+    cfg.attn_scale = gguf_attn_scale(generation, &cfg);
+    cfg.validate().map_err(err)?;
+    Ok(cfg)
+}
+
+/// Typed reads of `<arch>.…` keys; errors name the file and the key.
+struct GemmaMeta<'a> {
+    file: &'a GgufFile,
+    arch_name: &'a str,
+}
+
+impl GemmaMeta<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch_name)
+    }
+
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.file.get(&self.key(k))
+    }
+
+    fn error(&self, k: &str, problem: &str) -> Error {
+        Error::format(&self.file.path, format!("metadata {}: {problem}", self.key(k)))
+    }
+
+    fn float(&self, k: &str) -> Result<Option<f64>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.error(k, "not a number")),
+        }
+    }
+}
+
+/// What llama.cpp's gemma architectures do not define, or this engine does not compute.
+fn refuse_unsupported(meta: &GemmaMeta, cfg: &LlamaConfig) -> Result<()> {
+    let file = meta.file;
+    let err = |m: String| Error::format(&file.path, m);
+    // Ollama-style files bundle the vision tower of a multimodal Gemma 3 with the text model.
+    if let Some(t) = file.tensors.iter().find(|t| t.name.starts_with("v.") || t.name.starts_with("mm.")) {
+        return Err(err(format!(
+            "tensor {} belongs to a vision tower: multimodal Gemma 3 GGUF files are not supported \
+             (convert the text model alone)",
+            t.name
+        )));
+    }
+    // llama.cpp always multiplies by the token embedding (the converter drops lm_head).
+    if file.tensor("output.weight").is_some() {
+        return Err(err("tensor output.weight: Gemma's output layer is the token embedding; a separate \
+                        output matrix is not part of llama.cpp's gemma architectures"
+            .into()));
+    }
+    let head_dim = cfg.head_dim as u64;
+    if let Some(v) = meta.get("attention.value_length").and_then(Value::as_u64).filter(|v| *v != head_dim) {
+        let problem = format!("value heads of {v} dimensions differ from key heads of {head_dim} (not supported)");
+        return Err(meta.error("attention.value_length", &problem));
+    }
+    if let Some(d) = meta.get("rope.dimension_count").and_then(Value::as_u64).filter(|d| *d != head_dim) {
+        return Err(meta.error(
+            "rope.dimension_count",
+            &format!("partial rotary embeddings ({d} of {head_dim} dimensions) are not supported"),
+        ));
+    }
+    Ok(())
+}
+
+/// Which layers are local: every 2nd (Gemma 2) or 6th (Gemma 3) layer is global, as llama.cpp
+/// sets it. A file may state the pattern itself, as a period (llama.cpp's meaning: layer `i` is
+/// local when `i % n < n - 1`; 0: all local) or as one flag per layer.
+fn local_layers(meta: &GemmaMeta, generation: Generation, layers: usize) -> Result<Vec<bool>> {
+    let by_period = |n: usize| (0..layers).map(|i| n == 0 || i % n < n - 1).collect();
+    let k = "attention.sliding_window_pattern";
+    Ok(match meta.get(k) {
+        None => by_period(if generation == Generation::Two { 2 } else { 6 }),
+        Some(Value::Array(flags)) => {
+            let flags: Option<Vec<bool>> = flags.iter().map(Value::as_bool).collect();
+            flags
+                .filter(|f| f.len() == layers)
+                .ok_or_else(|| meta.error(k, &format!("expected {layers} true/false entries, one per layer")))?
+        }
+        Some(v) => match v.as_u64() {
+            Some(n) => by_period(n.min(layers as u64 + 1) as usize),
+            None => return Err(meta.error(k, "neither a period nor a list of flags")),
+        },
+    })
+}
+
+/// GGUF has no `query_pre_attn_scalar`. llama.cpp scales queries by `1/√head_dim`, except in the
+/// 27B models (46 layers in Gemma 2, 62 in Gemma 3), where it uses `1/√(hidden/heads)`, as
+/// gemma_pytorch does; both equal `query_pre_attn_scalar^-½` of every released Gemma 2/3.
+fn gguf_attn_scale(generation: Generation, cfg: &LlamaConfig) -> f64 {
+    let is_27b = cfg.num_layers
+        == match generation {
+            Generation::Two => 46,
+            Generation::Three => 62,
+        };
+    let dim = if is_27b { cfg.hidden_size / cfg.num_heads } else { cfg.head_dim };
+    (dim as f64).powf(-0.5)
 }
 
 /// `(theta, scaling)` of one RoPE parameter object (`rope_type` default or linear).

@@ -2,24 +2,26 @@
 
 use std::path::Path;
 
-use super::config::config_from_hf;
+use super::config::{config_from_gguf, config_from_hf};
 use crate::error::Result;
 use crate::model::family::FamilyLoader;
-use crate::model::llama::load::{built, inspect_decoder_dir, load_decoder_dir};
+use crate::model::llama::load::{built, inspect_decoder_dir, inspect_decoder_gguf, load_decoder_dir, load_decoder_gguf};
 use crate::model::llama::LlamaModel;
 use crate::precision::Precision;
 use crate::text::TextCodec;
 
-/// The registry entry of Gemma (checkpoint directories).
+/// The registry entry of Gemma (checkpoint directories and llama.cpp `gemma2` / `gemma3` GGUF
+/// files). GGUF norms are stored as `1 + w` by the converter, and llama.cpp does not permute
+/// Gemma's q/k rows, so a GGUF is read as it is.
 pub static LOADER: FamilyLoader = FamilyLoader {
     name: "gemma",
     model_types: &["gemma2", "gemma3_text", "gemma3"],
     architectures: &["Gemma2ForCausalLM", "Gemma3ForCausalLM"],
-    gguf_architectures: &[],
+    gguf_architectures: &["gemma2", "gemma3"],
     load_checkpoint: |dir, _, precision| built(load_gemma_at(dir, precision)),
     inspect_checkpoint: |dir, config| inspect_decoder_dir(dir, config, config_from_hf),
-    load_gguf: None,
-    inspect_gguf: None,
+    load_gguf: Some(|file, precision| built(load_decoder_gguf(file, precision, config_from_gguf))),
+    inspect_gguf: Some(|file| inspect_decoder_gguf(file, config_from_gguf)),
 };
 
 /// Load a Gemma checkpoint directory as the engine's concrete type.

@@ -5,7 +5,8 @@
 //! final-logit soft-caps, alternating sliding-window and global layers, the
 //! `query_pre_attn_scalar` scale and, in Gemma 3, per-head q/k norms and a RoPE base of their
 //! own for the local layers. Hooked sites and neuron ids are the transformers module names, as
-//! for Llama.
+//! for Llama. They load from checkpoint directories and from llama.cpp's `gemma2` / `gemma3` GGUF
+//! files ([`config::config_from_gguf`] reads the metadata as llama.cpp does).
 
 pub mod config;
 pub mod load;
