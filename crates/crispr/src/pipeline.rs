@@ -665,6 +665,8 @@ fn search_stage(env: &mut Env<'_>, loaded: &mut LoadedModel, ranked: &[Neuron]) 
     for p in &mut points {
         p.feasible = judge(&searcher, p).0;
     }
+    // The cache was written as points came in, before any was judged: store the verdicts too.
+    write_json(&searcher.path, &json!(points))?;
     let best = points
         .iter()
         .filter(|p| p.feasible && p.n >= lo && p.n <= hi)

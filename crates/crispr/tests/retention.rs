@@ -201,6 +201,9 @@ ablate_top = 40
         retained_ok && dis_ok && p["kl"].as_f64().unwrap() <= 0.02
     };
     assert!(points.len() >= 4, "the search evaluated several n");
+    // search.json (what a user opens) says the same as metrics.json, feasibility included.
+    let cached: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("search.json")).unwrap()).unwrap();
+    assert_eq!(&cached, &m["search_points"], "search.json and metrics.json disagree");
     for p in points {
         assert_eq!(p["feasible"].as_bool().unwrap(), feasible(p), "feasibility of n = {}", p["n"]);
         assert_eq!(p["retained"].as_object().unwrap().len(), 2);
