@@ -706,6 +706,7 @@ fn test_stage(
     // whose document is not cached yet.
     let mut plans = Vec::new();
     let mut all = Vec::new();
+    let mut queued = std::collections::HashSet::new();
     for (name, limit, k) in targets {
         let task = data::load_task(&name, &env.data_dir)?;
         let set = first_k(&data::default_instructions(&task, &env.data_dir)?, k);
@@ -724,9 +725,16 @@ fn test_stage(
             if dir.join(format!("{config}.json")).exists() {
                 continue;
             }
-            let prefix = format!("eval/{}/units/{config}", slug(&name));
+            // Pruning nothing (n = 0) is the original model: those configurations read the
+            // original's units instead of computing the same choices again.
+            let source = if neurons.is_empty() { "original" } else { config.as_str() };
+            let prefix = format!("eval/{}/units/{source}", slug(&name));
             let units = eval_units(env, &name, set.items.len(), &indices, neurons, &prefix);
-            all.extend(units.iter().cloned());
+            for u in &units {
+                if queued.insert(u.out().to_string()) {
+                    all.push(u.clone());
+                }
+            }
             pending.push((config.clone(), neurons.len(), units));
         }
         plans.push((name, task, set, indices, dir, pending));

@@ -292,3 +292,42 @@ fn the_f32_recheck_prunes_the_reference_like_the_unit() {
     let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("plain.json")).unwrap()).unwrap();
     assert_ne!(p["outcomes"], f["outcomes"]);
 }
+
+#[test]
+fn a_run_that_prunes_nothing_evaluates_the_original_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("tiny").join("llama");
+    let cfg = common::SmallRun {
+        model: &model,
+        attribution: "samples = 4\nseeds = [2026]\ninstructions = 2",
+        search: (0, 0),
+        test_limit: 6,
+        chunks: None,
+    }
+    .write(tmp.path());
+    let out = tmp.path().join("run");
+    let o = crispr_run(&cfg, &out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(metrics(&out)["n_selected"], 0);
+    let mut tasks = 0;
+    for task in std::fs::read_dir(out.join("eval")).unwrap() {
+        let task = task.unwrap().path();
+        tasks += 1;
+        // With n = 0 the CRISPR and random configurations are the original model: only the
+        // original's units are computed, and every configuration reports its choices.
+        let units: Vec<String> = std::fs::read_dir(task.join("units"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(units, ["original"], "{}", task.display());
+        let doc = |config: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(task.join(format!("{config}.json"))).unwrap()).unwrap()
+        };
+        let original = doc("original");
+        assert!(!original["outcomes"]["choices"].as_array().unwrap().is_empty());
+        for config in ["crispr", "random-seed1", "random-seed2"] {
+            assert_eq!(doc(config)["outcomes"], original["outcomes"], "{config} of {}", task.display());
+        }
+    }
+    assert_eq!(tasks, 2, "the target and the retained task");
+}
