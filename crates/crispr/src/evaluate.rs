@@ -74,6 +74,15 @@ pub const BF16_RECHECK_MARGIN: f64 = 0.1;
 /// Examples of the first instruction re-scored in f32 to measure the bf16 error of a run.
 pub const RECHECK_CALIBRATION: usize = 16;
 
+/// The `(margin floor, calibration examples)` that [`recheck`] takes for a user's margin: a fixed
+/// margin is used as given, uncalibrated; `None` (auto) calibrates above [`BF16_RECHECK_MARGIN`].
+pub fn recheck_settings(fixed_margin: Option<f64>) -> (f64, usize) {
+    match fixed_margin {
+        Some(m) => (m, 0),
+        None => (BF16_RECHECK_MARGIN, RECHECK_CALIBRATION),
+    }
+}
+
 /// What [`recheck`] did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecheckReport {

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::attribution::{attribute_skill, attribute_sum, Instance, Scores};
 use crate::data::{self, InstructionSet, Task};
 use crate::error::{Error, Result};
-use crate::evaluate::{evaluate, recheck, EvalOptions, RecheckReport, BF16_RECHECK_MARGIN, RECHECK_CALIBRATION};
+use crate::evaluate::{evaluate, recheck, recheck_settings, EvalOptions, RecheckReport};
 use crate::files::{atomic_write, read_f64_scores, read_json, write_f64_scores};
 use crate::loader::LoadedModel;
 use crate::metrics::Outcome;
@@ -200,10 +200,7 @@ impl<'a> Workspace<'a> {
                         // on a reference pruned like the bf16 model.
                         let reference = f32_reference(&mut self.reference, self.loaded.format.path())?;
                         let pruned = prune(reference.model.as_mut(), &neurons);
-                        let (floor, calibrate) = match margin {
-                            Some(m) => (m, 0),
-                            None => (BF16_RECHECK_MARGIN, RECHECK_CALIBRATION),
-                        };
+                        let (floor, calibrate) = recheck_settings(margin);
                         let opts = EvalOptions::default();
                         let report = recheck(&mut result, reference, task, &one, indices, &opts, floor, calibrate);
                         pruned.restore(reference.model.as_mut());

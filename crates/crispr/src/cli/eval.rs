@@ -9,8 +9,7 @@ use super::common::{model_checksum, progress, PrecisionArgs, TaskArgs};
 use super::ModelArgs;
 use crispr::data::{split_indices, InstructionSet, Split, Task};
 use crispr::evaluate::{
-    evaluate, recheck, top_two_gap, Calibration, EvalOptions, Evaluation, Mode, RecheckReport, BF16_RECHECK_MARGIN,
-    RECHECK_CALIBRATION,
+    evaluate, recheck, recheck_settings, top_two_gap, Calibration, EvalOptions, Evaluation, Mode, RecheckReport,
 };
 use crispr::files::{atomic_write, read_scores, top_neurons};
 use crispr::metrics::{metrics_json, summarize};
@@ -178,10 +177,7 @@ fn recheck_in_f32(
     opts: &EvalOptions,
     pruned: &[crispr::prune::Neuron],
 ) -> Result<RecheckReport> {
-    let (margin, calibrate) = match args.recheck_margin {
-        Margin::Auto => (BF16_RECHECK_MARGIN, RECHECK_CALIBRATION),
-        Margin::Fixed(m) => (m, 0),
-    };
+    let (margin, calibrate) = recheck_settings(args.recheck_margin.fixed());
     let near = result.iter().flat_map(|(_, o)| o).filter(|o| top_two_gap(&o.scores) < margin).count();
     if near == 0 && calibrate == 0 {
         let examples = result.iter().map(|(_, o)| o.len()).sum();
