@@ -5,13 +5,14 @@
 //! printed once at the start:
 //!
 //!     RAYON_NUM_THREADS=2 cargo bench --bench gemm
+//!
+//! The groups `precision`, `backward` and `peaks` compare bf16 with f32 (see each).
 
 use std::time::Instant;
 
-use crispr::tensor::linear;
-use crispr::tensor_bf16;
+use crispr::tensor::{linear, linear_backward_into};
+use crispr::tensor_bf16::{self, Kernel, PackedBf16};
 use criterion::{criterion_group, criterion_main, Criterion};
-use half::bf16;
 
 const ROWS: usize = 1130;
 
@@ -57,7 +58,8 @@ fn smollm2_shapes() -> Vec<(usize, usize)> {
 /// bf16 against f32 (`--precision bf16` against the default) on the same shapes: the flan-t5-base
 /// encoder at 1,130 rows, SmolLM2's layers at 128 rows (a prompt) and at 4 rows (a candidate
 /// after a cached prompt, where the weights stream from memory), each hot (one matrix) and
-/// streamed (every matrix of the stack in turn). GFLOP/s of one pass of each is printed first:
+/// streamed (every matrix of the stack in turn), on every bf16 kernel this CPU has (the
+/// default first). GFLOP/s of one pass of each is printed first:
 ///
 ///     RAYON_NUM_THREADS=2 cargo bench --bench gemm -- precision
 fn precision(c: &mut Criterion) {
@@ -66,13 +68,18 @@ fn precision(c: &mut Criterion) {
         ("smollm2_128_rows", smollm2_shapes(), 128),
         ("smollm2_4_rows", smollm2_shapes(), 4),
     ];
-    let kernel = tensor_bf16::best_kernel();
-    eprintln!("bf16 kernel: {}", kernel.name());
+    let best = tensor_bf16::best_kernel();
+    let kernels: Vec<Kernel> = std::iter::once(best)
+        .chain(
+            [Kernel::Avx512Fma, Kernel::Avx512Bf16, Kernel::Widen].into_iter().filter(|&k| k != best && k.available()),
+        )
+        .collect();
+    eprintln!("bf16 kernels: {} (default first)", kernels.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "));
     let mut group = c.benchmark_group("precision");
     group.sample_size(10);
     for (name, shapes, rows) in cases {
         let w32: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(s, &(o, i))| values(o * i, s)).collect();
-        let w16: Vec<Vec<bf16>> = w32.iter().map(|w| w.iter().map(|&v| tensor_bf16::round(v)).collect()).collect();
+        let w16: Vec<PackedBf16> = w32.iter().zip(&shapes).map(|(w, &(o, i))| PackedBf16::from_f32(w, o, i)).collect();
         let width = shapes.iter().map(|s| s.1).max().unwrap_or(0);
         let x = values(rows * width, 3);
         let flop: f64 = shapes.iter().map(|&(o, i)| 2.0 * (rows * o * i) as f64).sum();
@@ -81,28 +88,119 @@ fn precision(c: &mut Criterion) {
                 std::hint::black_box(linear(&x[..rows * i], rows, w, None, o));
             }
         };
-        let sweep16 = || {
-            for (&(o, i), w) in shapes.iter().zip(&w16) {
-                std::hint::black_box(tensor_bf16::linear(&x[..rows * i], rows, w, o));
+        let sweep16 = |kernel: Kernel| {
+            for (&(_, i), w) in shapes.iter().zip(&w16) {
+                std::hint::black_box(tensor_bf16::linear_with(kernel, &x[..rows * i], rows, w));
             }
         };
-        for (label, f) in [("f32", &sweep32 as &dyn Fn()), ("bf16", &sweep16)] {
+        let once = |label: &str, f: &dyn Fn()| {
             let t = Instant::now();
             f();
             eprintln!("{name} {label} streamed: {:.0} GFLOP/s (one pass)", flop / t.elapsed().as_secs_f64() / 1e9);
+        };
+        once("f32", &sweep32);
+        for &k in &kernels {
+            once(&format!("bf16 {}", k.name()), &|| sweep16(k));
         }
         let (o, i) = shapes[4];
         group.bench_function(format!("{name}_f32_hot"), |b| {
             b.iter(|| std::hint::black_box(linear(&x[..rows * i], rows, &w32[4], None, o)))
         });
-        group.bench_function(format!("{name}_bf16_hot"), |b| {
-            b.iter(|| std::hint::black_box(tensor_bf16::linear(&x[..rows * i], rows, &w16[4], o)))
-        });
+        for &k in &kernels {
+            group.bench_function(format!("{name}_bf16_{}_hot", k.name()), |b| {
+                b.iter(|| std::hint::black_box(tensor_bf16::linear_with(k, &x[..rows * i], rows, &w16[4])))
+            });
+        }
         group.bench_function(format!("{name}_f32_streamed"), |b| b.iter(sweep32));
-        group.bench_function(format!("{name}_bf16_streamed"), |b| b.iter(sweep16));
+        for &k in &kernels {
+            group.bench_function(format!("{name}_bf16_{}_streamed", k.name()), |b| b.iter(|| sweep16(k)));
+        }
     }
     group.finish();
 }
 
-criterion_group!(benches, gemm, precision);
+/// The input-gradient product attribution runs through every layer (`dx += dy · W`), bf16
+/// against f32, hot, on the flan-t5-base encoder's FFN matrices at one prompt (113 rows) and
+/// on its tied head at 4 rows (the decoder's candidate tokens):
+///
+///     RAYON_NUM_THREADS=2 cargo bench --bench gemm -- backward
+fn backward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("backward");
+    group.sample_size(10);
+    for (name, rows, out, inp) in
+        [("t5_wi_113_rows", 113, 2048, 768), ("t5_wo_113_rows", 113, 768, 2048), ("t5_head_4_rows", 4, 32128, 768)]
+    {
+        let w32 = values(out * inp, 1);
+        let w16 = PackedBf16::from_f32(&w32, out, inp);
+        let dy = values(rows * out, 2);
+        let mut dx = vec![0f32; rows * inp];
+        group.bench_function(format!("{name}_f32"), |b| b.iter(|| linear_backward_into(&mut dx, &dy, rows, &w32, out)));
+        group.bench_function(format!("{name}_bf16"), |b| {
+            b.iter(|| tensor_bf16::backward_into(&mut dx, &dy, rows, &w16))
+        });
+    }
+    group.finish();
+}
+
+/// Multiply-adds per second one core retires from registers alone (no memory), by f32 FMA
+/// and by `vdpbf16ps`, on 512-bit vectors: what decides the default bf16 kernel.
+///
+///     cargo bench --bench gemm -- peaks
+fn peaks(c: &mut Criterion) {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx512Bf16.available() {
+        let mut group = c.benchmark_group("peaks");
+        group.sample_size(10);
+        const STEPS: usize = 1_000_000;
+        // Per step: 24 instructions × 16 lanes × (one multiply-add = 2 flops, or two for dpbf16).
+        let fma_flops = (STEPS * 24 * 16 * 2) as f64;
+        for (name, f) in [("fma_zmm", peak::fma as unsafe fn(usize) -> f32), ("dpbf16_zmm", peak::dpbf16)] {
+            // SAFETY: AVX-512 F, BW and BF16 were detected above.
+            let t = Instant::now();
+            std::hint::black_box(unsafe { f(STEPS) });
+            let flops = if name == "fma_zmm" { fma_flops } else { 2.0 * fma_flops };
+            eprintln!("{name}: {:.0} GFLOP/s on one core", flops / t.elapsed().as_secs_f64() / 1e9);
+            // SAFETY: as above.
+            group.bench_function(name, |b| b.iter(|| std::hint::black_box(unsafe { f(STEPS) })));
+        }
+        group.finish();
+    }
+    let _ = c;
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    /// 24 independent f32 FMA chains (16 lanes, one multiply-add each per step).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma(steps: usize) -> f32 {
+        let mut acc = [_mm512_set1_ps(0.5); 24];
+        let (a, b) = (_mm512_set1_ps(0.999), _mm512_set1_ps(1e-3));
+        for _ in 0..steps {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x)))
+    }
+
+    /// 24 independent `vdpbf16ps` chains (16 lanes, two multiply-adds each per step).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn dpbf16(steps: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 24];
+        let one = _mm512_set1_epi32(0x3f80_3f80);
+        // SAFETY: both are plain 512-bit vectors.
+        let (a, b) =
+            unsafe { (std::mem::transmute::<__m512i, __m512bh>(one), std::mem::transmute::<__m512i, __m512bh>(one)) };
+        for _ in 0..steps {
+            for x in acc.iter_mut() {
+                *x = _mm512_dpbf16_ps(*x, a, b);
+            }
+        }
+        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x)))
+    }
+}
+
+criterion_group!(benches, gemm, precision, backward, peaks);
 criterion_main!(benches);

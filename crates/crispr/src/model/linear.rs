@@ -1,10 +1,11 @@
 //! A linear layer with row-level pruning support, and the storage of weight matrices.
 
-use half::bf16;
+use std::any::TypeId;
+use std::borrow::Cow;
 
 use crate::precision::Precision;
 use crate::tensor::{linear, linear_backward_into, Float};
-use crate::tensor_bf16;
+use crate::tensor_bf16::{self, PackedBf16};
 
 /// A row-major weight matrix `[out × in]`, in the engine's float type or in bf16.
 #[derive(Clone, Debug)]
@@ -13,7 +14,7 @@ pub enum Weights<F> {
     Full(Vec<F>),
     /// In bf16 (`--precision bf16`): products round the activations to bf16 and accumulate in
     /// f32 (see [`crate::tensor_bf16`]).
-    Bf16(Vec<bf16>),
+    Bf16(PackedBf16),
 }
 
 impl<F> Default for Weights<F> {
@@ -23,17 +24,26 @@ impl<F> Default for Weights<F> {
 }
 
 impl Weights<f32> {
-    /// Keep `v` at precision `p` (rounding to nearest even for bf16).
-    pub fn with_precision(v: Vec<f32>, p: Precision) -> Self {
+    /// Keep the row-major `v` (rows of width `in_dim`) at precision `p` (rounding to nearest
+    /// even for bf16).
+    pub fn with_precision(v: Vec<f32>, in_dim: usize, p: Precision) -> Self {
         match p {
             Precision::F32 => Weights::Full(v),
-            Precision::Bf16 => Weights::Bf16(v.into_iter().map(tensor_bf16::round).collect()),
+            Precision::Bf16 => {
+                Weights::Bf16(PackedBf16::from_f32(&v, v.len().checked_div(in_dim).unwrap_or(0), in_dim))
+            }
         }
     }
 }
 
-fn to_f32<F: Float>(v: &[F]) -> Vec<f32> {
-    v.iter().map(|x| x.to_f64() as f32).collect()
+/// `v` itself when `F` is f32 (the engine's type: no copy per product), else an f32 copy.
+fn as_f32<F: Float>(v: &[F]) -> Cow<'_, [f32]> {
+    if TypeId::of::<F>() == TypeId::of::<f32>() {
+        // SAFETY: F is f32, so the slice is one of f32.
+        Cow::Borrowed(unsafe { &*(v as *const [F] as *const [f32]) })
+    } else {
+        Cow::Owned(v.iter().map(|x| x.to_f64() as f32).collect())
+    }
 }
 
 impl<F> Weights<F> {
@@ -62,7 +72,8 @@ impl<F: Float> Weights<F> {
         match self {
             Weights::Full(w) => linear(x, tokens, w, bias, out_dim),
             Weights::Bf16(w) => {
-                let y = tensor_bf16::linear(&to_f32(x), tokens, w, out_dim);
+                debug_assert_eq!(w.out_dim(), out_dim);
+                let y = tensor_bf16::linear(&as_f32(x), tokens, w);
                 let mut y: Vec<F> = y.into_iter().map(F::from_f32).collect();
                 if let Some(b) = bias {
                     for row in y.chunks_exact_mut(out_dim) {
@@ -81,10 +92,18 @@ impl<F: Float> Weights<F> {
         match self {
             Weights::Full(w) => linear_backward_into(dx, dy, tokens, w, out_dim),
             Weights::Bf16(w) => {
-                let mut d = vec![0f32; dx.len()];
-                tensor_bf16::backward_into(&mut d, &to_f32(dy), tokens, w, out_dim);
-                for (a, b) in dx.iter_mut().zip(d) {
-                    *a += F::from_f32(b);
+                debug_assert_eq!(w.out_dim(), out_dim);
+                let dy = as_f32(dy);
+                if TypeId::of::<F>() == TypeId::of::<f32>() {
+                    // SAFETY: F is f32; the kernel adds to `dx` in place.
+                    let dx = unsafe { &mut *(dx as *mut [F] as *mut [f32]) };
+                    tensor_bf16::backward_into(dx, &dy, tokens, w);
+                } else {
+                    let mut d = vec![0f32; dx.len()];
+                    tensor_bf16::backward_into(&mut d, &dy, tokens, w);
+                    for (a, b) in dx.iter_mut().zip(d) {
+                        *a += F::from_f32(b);
+                    }
                 }
             }
         }
@@ -92,41 +111,33 @@ impl<F: Float> Weights<F> {
 
     /// Row `r` (of width `width`) in `F`.
     pub fn row(&self, r: usize, width: usize) -> Vec<F> {
-        let range = r * width..(r + 1) * width;
         match self {
-            Weights::Full(v) => v[range].to_vec(),
-            Weights::Bf16(v) => v[range].iter().map(|b| F::from_f32(b.to_f32())).collect(),
+            Weights::Full(v) => v[r * width..(r + 1) * width].to_vec(),
+            Weights::Bf16(v) => v.row_f32(r).map(F::from_f32).collect(),
         }
     }
 
     /// Append row `r` to `out` (an embedding lookup).
     pub fn extend_with_row(&self, out: &mut Vec<F>, r: usize, width: usize) {
-        let range = r * width..(r + 1) * width;
         match self {
-            Weights::Full(v) => out.extend_from_slice(&v[range]),
-            Weights::Bf16(v) => out.extend(v[range].iter().map(|b| F::from_f32(b.to_f32()))),
+            Weights::Full(v) => out.extend_from_slice(&v[r * width..(r + 1) * width]),
+            Weights::Bf16(v) => out.extend(v.row_f32(r).map(F::from_f32)),
         }
     }
 
     /// Overwrite row `r` (rounded to bf16 when stored in bf16).
     pub fn set_row(&mut self, r: usize, width: usize, values: &[F]) {
-        let range = r * width..(r + 1) * width;
         match self {
-            Weights::Full(v) => v[range].copy_from_slice(values),
-            Weights::Bf16(v) => {
-                for (d, s) in v[range].iter_mut().zip(values) {
-                    *d = tensor_bf16::round(s.to_f64() as f32);
-                }
-            }
+            Weights::Full(v) => v[r * width..(r + 1) * width].copy_from_slice(values),
+            Weights::Bf16(v) => v.set_row(r, values.iter().map(|s| s.to_f64() as f32)),
         }
     }
 
     /// Set row `r` to zero (exact at either precision).
     pub fn zero_row(&mut self, r: usize, width: usize) {
-        let range = r * width..(r + 1) * width;
         match self {
-            Weights::Full(v) => v[range].fill(F::ZERO),
-            Weights::Bf16(v) => v[range].fill(bf16::ZERO),
+            Weights::Full(v) => v[r * width..(r + 1) * width].fill(F::ZERO),
+            Weights::Bf16(v) => v.zero_row(r),
         }
     }
 
@@ -142,7 +153,7 @@ impl<F: Float> Weights<F> {
     pub fn to_vec(&self) -> Vec<F> {
         match self {
             Weights::Full(v) => v.clone(),
-            Weights::Bf16(v) => v.iter().map(|b| F::from_f32(b.to_f32())).collect(),
+            Weights::Bf16(v) => v.to_f32().into_iter().map(F::from_f32).collect(),
         }
     }
 }

@@ -128,7 +128,7 @@ pub fn build_model(cfg: LlamaConfig, src: &dyn WeightSource) -> Result<LlamaMode
 /// [`build_model`] with weight matrices kept at `precision`, each converted as it is read (a
 /// bf16 model never holds more than one matrix in f32).
 pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Precision) -> Result<LlamaModel<f32>> {
-    let keep = |v: Vec<f32>| Weights::with_precision(v, precision);
+    let keep = |v: Vec<f32>, in_dim: usize| Weights::with_precision(v, in_dim, precision);
     let (d, v) = (cfg.hidden_size, cfg.vocab_size);
     // The configuration's layer count must be backed by the file before anything is allocated
     // for it (a corrupt count would otherwise reserve memory for layers that do not exist).
@@ -143,7 +143,7 @@ pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Preci
             ),
         ));
     }
-    let embed = keep(src.read(Role::Embed, &[v, d])?);
+    let embed = keep(src.read(Role::Embed, &[v, d])?, d);
     // A vector the configuration's options call for (else none).
     let optional = |wanted: bool, role: Role, len: usize| -> Result<Vec<f32>> {
         if wanted {
@@ -156,7 +156,7 @@ pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Preci
     for l in 0..cfg.num_layers {
         let lin = |p: Proj| -> Result<Linear<f32>> {
             let (out_dim, in_dim) = (cfg.out_dim(p), cfg.in_dim(p));
-            let weight = keep(src.read(Role::Weight(l, p), &[out_dim, in_dim])?);
+            let weight = keep(src.read(Role::Weight(l, p), &[out_dim, in_dim])?, in_dim);
             let bias = if src.has(Role::Bias(l, p)) { Some(src.read(Role::Bias(l, p), &[out_dim])?) } else { None };
             Ok(Linear { weight, bias, out_dim, in_dim })
         };
@@ -188,7 +188,7 @@ pub fn build_model_at(cfg: LlamaConfig, src: &dyn WeightSource, precision: Preci
         });
     }
     let final_norm = src.read(Role::FinalNorm, &[d])?;
-    let lm_head = if cfg.tie_word_embeddings { None } else { Some(keep(src.read(Role::LmHead, &[v, d])?)) };
+    let lm_head = if cfg.tie_word_embeddings { None } else { Some(keep(src.read(Role::LmHead, &[v, d])?, d)) };
     Ok(LlamaModel::new(cfg, embed, layers, final_norm, lm_head))
 }
 

@@ -99,7 +99,7 @@ impl T5Model<f32> {
     /// [`Self::from_source`] with weight matrices kept at `precision`, each converted as it is
     /// read (a bf16 model never holds more than one matrix in f32).
     pub fn from_source_at(cfg: T5Config, src: &dyn NamedSource, precision: Precision) -> Result<Self> {
-        let keep = |v: Vec<f32>| Weights::with_precision(v, precision);
+        let keep = |v: Vec<f32>, in_dim: usize| Weights::with_precision(v, in_dim, precision);
         let (d, inner, ff, vocab) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff, cfg.vocab_size);
         let embed_name = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
             .into_iter()
@@ -107,7 +107,7 @@ impl T5Model<f32> {
             .unwrap_or("shared.weight");
         let shared = src.read_named(embed_name, &[vocab, d])?;
         let lin = |name: String, out_dim: usize, in_dim: usize| -> Result<Linear<f32>> {
-            Ok(Linear { weight: keep(src.read_named(&name, &[out_dim, in_dim])?), bias: None, out_dim, in_dim })
+            Ok(Linear { weight: keep(src.read_named(&name, &[out_dim, in_dim])?, in_dim), bias: None, out_dim, in_dim })
         };
         let attn = |prefix: String| -> Result<Attention<f32>> {
             Ok(Attention {
@@ -168,10 +168,10 @@ impl T5Model<f32> {
         let lm_head = if src.contains("lm_head.weight") || !cfg.tie_word_embeddings {
             let head = src.read_named("lm_head.weight", &[vocab, d])?;
             // A stored copy of a tied embedding is the embedding: keep one.
-            (head != shared).then(|| keep(head))
+            (head != shared).then(|| keep(head, d))
         } else {
             None
         };
-        Ok(T5Model::new(cfg, keep(shared), encoder, decoder, lm_head))
+        Ok(T5Model::new(cfg, keep(shared, d), encoder, decoder, lm_head))
     }
 }
