@@ -1,18 +1,20 @@
 //! Products with bf16 weights (`--precision bf16`).
 //!
 //! Storage: a weight matrix `[out × in]` is kept packed ([`PackedBf16`]) in panels of
-//! [`PANEL`] rows, the layout the AVX-512 BF16 microkernel reads straight into registers (no
+//! [`PANEL`] rows, the layout the AVX-512 microkernels read straight into registers (no
 //! per-call packing: a decoder's 4-row products would pay for it on every token).
 //!
 //! Forward: `y = bf16(x) · Wᵀ` with the activations rounded to bf16 (nearest, ties to even) and
-//! every sum accumulated in f32 — on CPUs with AVX-512 BF16 by a register-blocked `vdpbf16ps`
-//! microkernel (two bf16 products per f32 lane and instruction, half the bytes per weight),
-//! elsewhere by widening panels of the weight to f32 (exact) and running the f32 GEMM on the
-//! rounded activations. Both compute the same exact products; they differ only in the order of
-//! the f32 additions (and in that `vdpbf16ps` treats subnormal inputs as zero).
+//! every sum accumulated in f32 — on x86-64 with AVX-512 by register-blocked microkernels that
+//! read the panels directly (f32 FMA on weights widened in registers by default, or
+//! `vdpbf16ps`: see [`best_kernel`]), elsewhere by widening panels of the weight to f32 (exact)
+//! and running the f32 GEMM on the rounded activations. All compute the same exact products (a
+//! product of two bf16 values is exact in f32); they differ only in the order of the f32
+//! additions (and in that `vdpbf16ps` treats subnormal inputs as zero).
 //!
 //! Backward (`dx += dy · W`, the input gradient attribution needs): `dy` stays f32 and the weight
-//! is widened exactly, so the only rounding beyond f32 arithmetic is the weights' own.
+//! is widened exactly (in registers on AVX-512, block by block elsewhere), so the only rounding
+//! beyond f32 arithmetic is the weights' own.
 
 use std::sync::OnceLock;
 
@@ -160,9 +162,18 @@ impl PackedBf16 {
         let work = |(i, rows): (usize, &mut [f32])| {
             let n = n0 + i * PANEL;
             let panel = &self.data()[(n / PANEL) * panel_len..][..panel_len];
+            // A lane's pair is one 32-bit word: the low half widens by a shift, the high half
+            // by a mask (bf16 is the top half of an f32), no per-element conversion call.
             for (l, row) in rows.chunks_exact_mut(k).enumerate() {
-                for (j, d) in row.iter_mut().enumerate() {
-                    *d = panel[(j / 2) * 2 * PANEL + l * 2 + j % 2].to_f32();
+                let mut pairs = row.chunks_exact_mut(2);
+                for (q, d) in pairs.by_ref().enumerate() {
+                    let i = q * 2 * PANEL + l * 2;
+                    let word = u32::from(panel[i].to_bits()) | (u32::from(panel[i + 1].to_bits()) << 16);
+                    d[0] = f32::from_bits(word << 16);
+                    d[1] = f32::from_bits(word & 0xffff_0000);
+                }
+                if let [last] = pairs.into_remainder() {
+                    *last = panel[(k / 2) * 2 * PANEL + l * 2].to_f32();
                 }
             }
         };
@@ -220,9 +231,10 @@ impl Kernel {
 /// one machine (an unavailable choice falls back to the default).
 ///
 /// Why FMA and not `vdpbf16ps` by default: on the Xeon (Sapphire/Emerald Rapids) this was
-/// measured on, `vdpbf16ps` retires a quarter as many multiply-adds per cycle as f32 FMA on
-/// 512-bit registers, so widening the bf16 weights in registers is faster even in the
-/// compute-bound products, and both read half the bytes of f32 weights (BENCHMARKS.md).
+/// measured on, one `vdpbf16ps` (32 multiply-adds) issues for every four 512-bit f32 FMAs (16
+/// each), so it does half their multiply-adds per cycle; widening the bf16 weights in registers
+/// is faster even in the compute-bound products, and both read half the bytes of f32 weights
+/// (`cargo bench --bench gemm -- peaks`, BENCHMARKS.md).
 pub fn best_kernel() -> Kernel {
     static BEST: OnceLock<Kernel> = OnceLock::new();
     *BEST.get_or_init(|| {
@@ -301,13 +313,11 @@ fn linear_widen(x: &[f32], rows: usize, w: &PackedBf16) -> Vec<f32> {
         let nb = block.min(out_dim - n0);
         let wb = &mut wide[..nb * in_dim];
         w.widen_rows(n0, nb, wb);
-        matmul(
-            MatMut::strided(&mut y, n0, rows, nb, out_dim),
-            Mat::rows(&xr, rows, in_dim),
-            Mat::rows_t(wb, nb, in_dim),
-            1.0,
-            false,
-        );
+        // The f32 engine's product, with its few-rows path (a candidate's tokens).
+        let yb = crate::tensor::linear(&xr, rows, wb, None, nb);
+        for (dst, src) in y.chunks_exact_mut(out_dim).zip(yb.chunks_exact(nb)) {
+            dst[n0..n0 + nb].copy_from_slice(src);
+        }
         n0 += nb;
     }
     y

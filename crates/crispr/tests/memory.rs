@@ -148,6 +148,9 @@ fn bf16_attribution_and_eval_report_their_agreement_with_f32() {
     let n: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("neurons.json")).unwrap()).unwrap();
     let meta = &n;
     assert_eq!(meta["precision"], "bf16", "{meta}");
+    // Which kernel ran is recorded: this CPU's default (the binary runs where the test does).
+    let kernel = crispr::tensor_bf16::best_kernel().name();
+    assert_eq!(meta["bf16_kernel"], kernel, "{meta}");
     let agreement = &meta["precision_check"]["agreement"];
     assert!(agreement["top_overlap"].as_u64().unwrap() >= 80, "{agreement}");
     assert!(agreement["spearman"].as_f64().unwrap() > 0.95, "{agreement}");
@@ -156,6 +159,7 @@ fn bf16_attribution_and_eval_report_their_agreement_with_f32() {
     run(&["eval", "--model", m, "--task", t, "--split", "all", "--precision", "bf16", "--out", ev.to_str().unwrap()]);
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(ev.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["precision"], "bf16");
+    assert_eq!(metrics["bf16_kernel"], kernel);
     let r = &metrics["recheck"];
     assert_eq!(r["examples"], 40, "{r}");
     assert!(r["rescored"].as_u64().unwrap() >= 4 && r["margin"].as_f64().unwrap() >= 0.1, "{r}");

@@ -16,6 +16,7 @@ use crispr::model::Universe;
 use crispr::precision::{score_agreement, Precision};
 use crispr::provenance::attribution_metadata;
 use crispr::score::encode;
+use crispr::tensor_bf16;
 
 #[derive(Args)]
 pub struct AttributeArgs {
@@ -162,6 +163,9 @@ pub fn run(args: AttributeArgs) -> Result<()> {
     if let Some(m) = meta.as_object_mut() {
         m.insert("seconds".into(), json!(seconds));
         m.insert("precision".into(), json!(precision));
+        if precision == Precision::Bf16 {
+            m.insert("bf16_kernel".into(), json!(tensor_bf16::best_kernel().name()));
+        }
         m.insert("precision_check".into(), json!(check));
     }
     write_scores(&args.out, loaded.model.sites(), &scores, meta, args.keep)?;

@@ -15,6 +15,7 @@ use crispr::files::{atomic_write, read_scores, top_neurons};
 use crispr::metrics::{metrics_json, summarize};
 use crispr::precision::Precision;
 use crispr::prune::{prune, random_neurons};
+use crispr::tensor_bf16;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -144,6 +145,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         obj.insert("instructions".into(), json!(lt.instructions.name));
         obj.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
         obj.insert("precision".into(), json!(precision));
+        if precision == Precision::Bf16 {
+            obj.insert("bf16_kernel".into(), json!(tensor_bf16::best_kernel().name()));
+        }
         if let Some(r) = &recheck {
             obj.insert("recheck".into(), json!(r));
         }
