@@ -271,7 +271,7 @@ const PARALLEL_THRESHOLD: usize = 1 << 18;
 /// GEMM reads it.
 const WIDEN_BLOCK_BYTES: usize = 2 << 20;
 
-fn widen_rows(in_dim: usize, out_dim: usize) -> usize {
+fn widen_block_rows(in_dim: usize, out_dim: usize) -> usize {
     let panels = (WIDEN_BLOCK_BYTES / (4 * PANEL * in_dim.max(1))).max(1);
     (panels * PANEL).min(out_dim.max(1))
 }
@@ -306,7 +306,7 @@ fn linear_widen(x: &[f32], rows: usize, w: &PackedBf16) -> Vec<f32> {
     let (out_dim, in_dim) = (w.out_dim, w.in_dim);
     let xr = round_slice(x);
     let mut y = vec![0f32; rows * out_dim];
-    let block = widen_rows(in_dim, out_dim);
+    let block = widen_block_rows(in_dim, out_dim);
     let mut wide = vec![0f32; block * in_dim];
     let mut n0 = 0;
     while n0 < out_dim {
@@ -342,7 +342,7 @@ pub fn backward_with(kernel: Kernel, dx: &mut [f32], dy: &[f32], rows: usize, w:
         #[cfg(target_arch = "x86_64")]
         return avx512::backward(dx, dy, rows, w);
     }
-    let block = widen_rows(in_dim, out_dim);
+    let block = widen_block_rows(in_dim, out_dim);
     let mut wide = vec![0f32; block * in_dim];
     let mut n0 = 0;
     while n0 < out_dim {

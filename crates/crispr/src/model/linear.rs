@@ -46,6 +46,12 @@ fn as_f32<F: Float>(v: &[F]) -> Cow<'_, [f32]> {
     }
 }
 
+/// `v` itself when `F` is f32, else `None`.
+fn as_f32_mut<F: Float>(v: &mut [F]) -> Option<&mut [f32]> {
+    // SAFETY: F is f32, so the slice is one of f32.
+    (TypeId::of::<F>() == TypeId::of::<f32>()).then(|| unsafe { &mut *(v as *mut [F] as *mut [f32]) })
+}
+
 impl<F> Weights<F> {
     pub fn len(&self) -> usize {
         match self {
@@ -94,9 +100,8 @@ impl<F: Float> Weights<F> {
             Weights::Bf16(w) => {
                 debug_assert_eq!(w.out_dim(), out_dim);
                 let dy = as_f32(dy);
-                if TypeId::of::<F>() == TypeId::of::<f32>() {
-                    // SAFETY: F is f32; the kernel adds to `dx` in place.
-                    let dx = unsafe { &mut *(dx as *mut [F] as *mut [f32]) };
+                if let Some(dx) = as_f32_mut(dx) {
+                    // The kernel adds to `dx` in place.
                     tensor_bf16::backward_into(dx, &dy, tokens, w);
                 } else {
                     let mut d = vec![0f32; dx.len()];
