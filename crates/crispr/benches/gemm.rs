@@ -71,7 +71,9 @@ fn precision(c: &mut Criterion) {
     let best = tensor_bf16::best_kernel();
     let kernels: Vec<Kernel> = std::iter::once(best)
         .chain(
-            [Kernel::Avx512Fma, Kernel::Avx512Bf16, Kernel::Widen].into_iter().filter(|&k| k != best && k.available()),
+            [Kernel::Avx512Fma, Kernel::Avx512Bf16, Kernel::Avx2Fma, Kernel::Widen]
+                .into_iter()
+                .filter(|&k| k != best && k.available()),
         )
         .collect();
     eprintln!("bf16 kernels: {} (default first)", kernels.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "));
@@ -127,38 +129,57 @@ fn precision(c: &mut Criterion) {
 fn backward(c: &mut Criterion) {
     let mut group = c.benchmark_group("backward");
     group.sample_size(10);
-    for (name, rows, out, inp) in
-        [("t5_wi_113_rows", 113, 2048, 768), ("t5_wo_113_rows", 113, 768, 2048), ("t5_head_4_rows", 4, 32128, 768)]
-    {
+    for (name, rows, out, inp) in [
+        ("t5_wi_113_rows", 113, 2048, 768),
+        ("t5_wo_113_rows", 113, 768, 2048),
+        ("t5_wi_32_rows", 32, 2048, 768),
+        ("t5_wi_12_rows", 12, 2048, 768),
+        ("t5_head_4_rows", 4, 32128, 768),
+    ] {
         let w32 = values(out * inp, 1);
         let w16 = PackedBf16::from_f32(&w32, out, inp);
         let dy = values(rows * out, 2);
         let mut dx = vec![0f32; rows * inp];
         group.bench_function(format!("{name}_f32"), |b| b.iter(|| linear_backward_into(&mut dx, &dy, rows, &w32, out)));
-        group.bench_function(format!("{name}_bf16"), |b| {
-            b.iter(|| tensor_bf16::backward_into(&mut dx, &dy, rows, &w16))
-        });
+        for k in [tensor_bf16::best_kernel(), Kernel::Widen] {
+            group.bench_function(format!("{name}_bf16_{}", k.name()), |b| {
+                b.iter(|| tensor_bf16::backward_with(k, &mut dx, &dy, rows, &w16))
+            });
+            if k == Kernel::Widen {
+                break;
+            }
+        }
     }
     group.finish();
 }
 
-/// Multiply-adds per second one core retires from registers alone (no memory), by f32 FMA
-/// and by `vdpbf16ps`, on 512-bit vectors: what decides the default bf16 kernel.
+/// Multiply-adds per second one core retires from registers alone (no memory): f32 FMA on
+/// 256- and 512-bit vectors and `vdpbf16ps`, each where the CPU has it — what decides the
+/// default bf16 kernel.
 ///
 ///     cargo bench --bench gemm -- peaks
 fn peaks(c: &mut Criterion) {
     #[cfg(target_arch = "x86_64")]
-    if Kernel::Avx512Bf16.available() {
+    {
         let mut group = c.benchmark_group("peaks");
         group.sample_size(10);
         const STEPS: usize = 1_000_000;
-        // Per step: 24 instructions × 16 lanes × (one multiply-add = 2 flops, or two for dpbf16).
-        let fma_flops = (STEPS * 24 * 16 * 2) as f64;
-        for (name, f) in [("fma_zmm", peak::fma as unsafe fn(usize) -> f32), ("dpbf16_zmm", peak::dpbf16)] {
-            // SAFETY: AVX-512 F, BW and BF16 were detected above.
+        // Flops per step: chains × lanes × (one multiply-add = 2 flops, or two for dpbf16).
+        type Peak = unsafe fn(usize) -> f32;
+        let cases: [(&str, Peak, Kernel, usize); 3] = [
+            ("fma_ymm", peak::fma_ymm, Kernel::Avx2Fma, 12 * 8 * 2),
+            ("fma_zmm", peak::fma, Kernel::Avx512Fma, 24 * 16 * 2),
+            ("dpbf16_zmm", peak::dpbf16, Kernel::Avx512Bf16, 24 * 16 * 4),
+        ];
+        for (name, f, needs, flops_per_op) in cases {
+            if !needs.available() {
+                eprintln!("{name}: not on this CPU");
+                continue;
+            }
+            // SAFETY: the CPU runs the kernel that needs the same features.
             let t = Instant::now();
             std::hint::black_box(unsafe { f(STEPS) });
-            let flops = if name == "fma_zmm" { fma_flops } else { 2.0 * fma_flops };
+            let flops = (STEPS * flops_per_op) as f64;
             eprintln!("{name}: {:.0} GFLOP/s on one core", flops / t.elapsed().as_secs_f64() / 1e9);
             // SAFETY: as above.
             group.bench_function(name, |b| b.iter(|| std::hint::black_box(unsafe { f(STEPS) })));
@@ -171,6 +192,25 @@ fn peaks(c: &mut Criterion) {
 #[cfg(target_arch = "x86_64")]
 mod peak {
     use std::arch::x86_64::*;
+
+    /// 12 independent f32 FMA chains (8 lanes, one multiply-add each per step): enough to
+    /// cover two pipes' latency within the 16 registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma_ymm(steps: usize) -> f32 {
+        let mut acc = [_mm256_set1_ps(0.5); 12];
+        let (a, b) = (_mm256_set1_ps(0.999), _mm256_set1_ps(1e-3));
+        for _ in 0..steps {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 f32 into 8 f32.
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x)))
+        };
+        lanes.iter().sum()
+    }
 
     /// 24 independent f32 FMA chains (16 lanes, one multiply-add each per step).
     #[target_feature(enable = "avx512f")]
