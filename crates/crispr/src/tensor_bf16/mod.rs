@@ -311,9 +311,23 @@ pub fn linear_with(kernel: Kernel, x: &[f32], rows: usize, w: &PackedBf16) -> Ve
 }
 
 fn linear_widen(x: &[f32], rows: usize, w: &PackedBf16) -> Vec<f32> {
-    let (out_dim, in_dim) = (w.out_dim, w.in_dim);
+    let out_dim = w.out_dim;
     let xr = round_slice(x);
     let mut y = vec![0f32; rows * out_dim];
+    for_each_widened_block(w, |n0, nb, wb| {
+        // The f32 engine's product, with its few-rows path (a candidate's tokens).
+        let yb = crate::tensor::linear(&xr, rows, wb, None, nb);
+        for (dst, src) in y.chunks_exact_mut(out_dim).zip(yb.chunks_exact(nb)) {
+            dst[n0..n0 + nb].copy_from_slice(src);
+        }
+    });
+    y
+}
+
+/// `f(n0, nb, rows)` for consecutive blocks of `w`'s rows, each widened (exactly) to row-major
+/// f32 in one reused buffer of [`WIDEN_BLOCK_BYTES`].
+fn for_each_widened_block(w: &PackedBf16, mut f: impl FnMut(usize, usize, &[f32])) {
+    let (out_dim, in_dim) = (w.out_dim, w.in_dim);
     let block = widen_block_rows(in_dim, out_dim);
     let mut wide = vec![0f32; block * in_dim];
     let mut n0 = 0;
@@ -321,14 +335,9 @@ fn linear_widen(x: &[f32], rows: usize, w: &PackedBf16) -> Vec<f32> {
         let nb = block.min(out_dim - n0);
         let wb = &mut wide[..nb * in_dim];
         w.widen_rows(n0, nb, wb);
-        // The f32 engine's product, with its few-rows path (a candidate's tokens).
-        let yb = crate::tensor::linear(&xr, rows, wb, None, nb);
-        for (dst, src) in y.chunks_exact_mut(out_dim).zip(yb.chunks_exact(nb)) {
-            dst[n0..n0 + nb].copy_from_slice(src);
-        }
+        f(n0, nb, wb);
         n0 += nb;
     }
-    y
 }
 
 /// Up to this many rows the AVX2 kernel reads the input gradient's weights straight from the
@@ -361,22 +370,15 @@ pub fn backward_with(kernel: Kernel, dx: &mut [f32], dy: &[f32], rows: usize, w:
         Kernel::Avx2Fma if rows <= AVX2_DIRECT_BACKWARD_ROWS => return avx2::backward(dx, dy, rows, w),
         Kernel::Avx2Fma | Kernel::Widen => {}
     }
-    let block = widen_block_rows(in_dim, out_dim);
-    let mut wide = vec![0f32; block * in_dim];
-    let mut n0 = 0;
-    while n0 < out_dim {
-        let nb = block.min(out_dim - n0);
-        let wb = &mut wide[..nb * in_dim];
-        w.widen_rows(n0, nb, wb);
+    for_each_widened_block(w, |n0, nb, wb| {
         matmul(
             MatMut::rows(dx, rows, in_dim),
             Mat::strided(dy, n0, rows, nb, out_dim, 1),
             Mat::rows(wb, nb, in_dim),
             1.0,
             true,
-        );
-        n0 += nb;
-    }
+        )
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
