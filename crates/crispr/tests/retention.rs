@@ -254,7 +254,19 @@ fn faithful_selection_is_unchanged() {
     .unwrap();
     assert_eq!(m["n_selected"], want["n_selected"]);
     assert_eq!(m["search"], want["search"], "dev accuracy at every evaluated n");
-    assert_eq!(m["bias_neurons"], want["bias_neurons"], "the pruned neurons, in order, with their scores");
+    // The neurons and their order exactly; the scores to f32 round-off (the fixture was made on
+    // another CPU, whose cache sizes give the GEMM another blocking and so another order of
+    // additions: seen 7e-7 relative on a Zen 3 against the fixture's host). The fixture's
+    // scores are 2 % or more apart, so the order does not hang on that round-off.
+    let (got, exp) = (m["bias_neurons"].as_array().unwrap(), want["bias_neurons"].as_array().unwrap());
+    assert_eq!(got.len(), exp.len(), "the number of pruned neurons");
+    for (g, e) in got.iter().zip(exp) {
+        for key in ["id", "module", "row"] {
+            assert_eq!(g[key], e[key], "the pruned neurons, in order: {g} vs {e}");
+        }
+        let (gs, es) = (g["score"].as_f64().unwrap(), e["score"].as_f64().unwrap());
+        assert!((gs - es).abs() <= 1e-4 * es.abs(), "score of {}: {gs:e} vs {es:e}", e["id"]);
+    }
     assert!(m["n_selected"].as_u64().unwrap() > 0, "the fixture prunes something");
     for task in ["rte", "boolq"] {
         for k in ["original", "crispr"] {
