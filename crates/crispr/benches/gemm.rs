@@ -141,13 +141,12 @@ fn backward(c: &mut Criterion) {
         let dy = values(rows * out, 2);
         let mut dx = vec![0f32; rows * inp];
         group.bench_function(format!("{name}_f32"), |b| b.iter(|| linear_backward_into(&mut dx, &dy, rows, &w32, out)));
-        for k in [tensor_bf16::best_kernel(), Kernel::Widen] {
+        let mut kernels = vec![tensor_bf16::best_kernel(), Kernel::Widen];
+        kernels.dedup();
+        for k in kernels {
             group.bench_function(format!("{name}_bf16_{}", k.name()), |b| {
                 b.iter(|| tensor_bf16::backward_with(k, &mut dx, &dy, rows, &w16))
             });
-            if k == Kernel::Widen {
-                break;
-            }
         }
     }
     group.finish();

@@ -13,10 +13,16 @@ pub(super) struct Out(pub *mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+// Methods, not field reads, in closures: a closure capturing `out.0` alone would capture the bare
+// pointer, which is not `Sync`.
 impl Out {
-    /// The same output `n` elements on (a method, so that closures capture the whole `Out`).
+    /// The same output `n` elements on.
     pub fn offset(self, n: usize) -> Out {
         Out(self.0.wrapping_add(n))
+    }
+
+    pub fn ptr(self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -79,7 +85,7 @@ pub(super) fn backward_tiles(
             while q < q1 {
                 let qs = bq.min(q1 - q);
                 let dy = &dy[r * out_dim..];
-                tile(BwTile { dy, out_dim, panels, panel_len, q, dx: out.offset(0).0, r, k }, rs, qs);
+                tile(BwTile { dy, out_dim, panels, panel_len, q, dx: out.ptr(), r, k }, rs, qs);
                 q += qs;
             }
             r += rs;
