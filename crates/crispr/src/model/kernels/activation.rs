@@ -100,9 +100,28 @@ impl GateAct {
 pub fn gated<F: Float>(act: GateAct, gate: &[F], up: &[F], width: usize) -> (Vec<F>, Vec<F>) {
     let terms = act.terms(gate, width);
     let mut out = gate.to_vec();
+    // One loop per activation, with nothing but arithmetic in it, so that it vectorises (a
+    // match or a table lookup per element kept it scalar: 6 % of a SmolLM2 evaluation).
+    // `value`'s formulas, unchanged: the results are the same bits.
     par_rows(&mut out, width, |r, row| {
-        for (j, (a, &b)) in row.iter_mut().zip(&up[r * width..(r + 1) * width]).enumerate() {
-            *a = act.value(*a, term(&terms, r * width + j)) * b;
+        let up = &up[r * width..(r + 1) * width];
+        match act {
+            GateAct::Silu => {
+                for (a, &b) in row.iter_mut().zip(up) {
+                    *a = *a * (F::ONE / (F::ONE + (-*a).exp())) * b;
+                }
+            }
+            GateAct::GeluTanh => {
+                let half = F::from_f64(0.5);
+                for ((a, &b), &t) in row.iter_mut().zip(up).zip(&terms[r * width..(r + 1) * width]) {
+                    *a = half * *a * (F::ONE + t) * b;
+                }
+            }
+            GateAct::Relu => {
+                for (a, &b) in row.iter_mut().zip(up) {
+                    *a = a.max(F::ZERO) * b;
+                }
+            }
         }
     });
     (out, terms)

@@ -35,10 +35,14 @@ pub fn softmax_in_place<F: Float>(row: &mut [F]) {
     for &v in row.iter() {
         m = m.max(v);
     }
-    let mut sum = F::ZERO;
+    // The exponentials first, then their sum in order: a loop that did both could not
+    // vectorise (the sum's order is fixed), and this one does (the values are the same bits).
     for v in row.iter_mut() {
         *v = if *v == F::NEG_INFINITY { F::ZERO } else { (*v - m).exp() };
-        sum += *v;
+    }
+    let mut sum = F::ZERO;
+    for &v in row.iter() {
+        sum += v;
     }
     let inv = F::ONE / sum;
     for v in row.iter_mut() {
