@@ -3,6 +3,7 @@
 
 pub mod fd;
 pub mod gguf_build;
+pub mod synthetic;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

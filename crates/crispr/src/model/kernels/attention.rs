@@ -94,25 +94,87 @@ pub fn head_attention<F: Float>(
     (out, s, tanhs)
 }
 
-/// Attention of queries at positions `pos0..pos0+n` (`q`: `[n × heads·head_dim]`, rotated) over
-/// keys and values at positions `0..keys` (`[keys × kv_heads·head_dim]`), causal (and windowed).
-/// Returns the concatenated head outputs `[n × heads·head_dim]` and the trace.
-pub fn attention<F: Float>(
-    spec: &AttnSpec,
-    q: &[F],
-    k: &[F],
-    v: &[F],
-    n: usize,
-    pos0: usize,
-) -> (Vec<F>, AttnTrace<F>) {
+/// Where `n` new query rows sit: after `base` cached positions, in consecutive segments that
+/// each continue the cache on their own. One segment is the ordinary causal pass (row `i` at
+/// position `base + i`). Several are continuations packed into one pass — the candidate answers
+/// of one prompt: a segment's rows see the cache and their own segment's earlier rows only, and
+/// each segment starts again at position `base` (a tree of depth one over the prompt).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryRows {
+    base: usize,
+    /// For every row, the index (among the new rows) of its segment's first row.
+    first: Vec<usize>,
+}
+
+impl QueryRows {
+    /// `n` rows continuing `base` cached positions, causally.
+    pub fn causal(base: usize, n: usize) -> Self {
+        QueryRows { base, first: vec![0; n] }
+    }
+
+    /// Segments of the given lengths, each continuing `base` cached positions.
+    pub fn packed(base: usize, lens: &[usize]) -> Self {
+        let mut first = Vec::with_capacity(lens.iter().sum());
+        for &len in lens {
+            let start = first.len();
+            first.extend(std::iter::repeat_n(start, len));
+        }
+        QueryRows { base, first }
+    }
+
+    pub fn len(&self) -> usize {
+        self.first.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_empty()
+    }
+
+    /// The cached positions every row sees.
+    pub fn base(&self) -> usize {
+        self.base
+    }
+
+    /// Position of row `i` (what RoPE rotates it by).
+    pub fn position(&self, i: usize) -> usize {
+        self.base + i - self.first[i]
+    }
+
+    /// The segments as `(first row, rows)`, in order.
+    pub fn segments(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            let start = i;
+            while i < self.first.len() && self.first[i] == start {
+                i += 1;
+            }
+            (i > start).then_some((start, i - start))
+        })
+    }
+
+    /// Whether row `i` sees key `j` (keys `0 .. base` are the cache, `base + r` is new row `r`):
+    /// the cache and its own segment up to itself, within `window` positions.
+    pub fn visible(&self, i: usize, j: usize, window: Option<usize>) -> bool {
+        let own = self.base + i;
+        if j > own || (j >= self.base && j < self.base + self.first[i]) {
+            return false;
+        }
+        let distance = if j < self.base { self.position(i) - j } else { own - j };
+        window.is_none_or(|w| distance < w)
+    }
+}
+
+/// Attention of the new query rows (`q`: `[rows × heads·head_dim]`, rotated) over keys and values
+/// `[keys × kv_heads·head_dim]` — the cache, then the new rows' own — masked as [`QueryRows`]
+/// says (causal, windowed, segments apart). Returns the concatenated head outputs
+/// `[rows × heads·head_dim]` and the trace.
+pub fn attention<F: Float>(spec: &AttnSpec, q: &[F], k: &[F], v: &[F], rows: &QueryRows) -> (Vec<F>, AttnTrace<F>) {
     let (nh, hd) = (spec.heads, spec.head_dim);
     let group = nh / spec.kv_heads;
     let kvw = spec.kv_heads * hd;
     let keys = k.len() / kvw;
-    let visible = |i: usize, j: usize| {
-        let qpos = pos0 + i;
-        j <= qpos && spec.window.is_none_or(|w| qpos - j < w)
-    };
+    let n = rows.len();
+    let visible = |i: usize, j: usize| rows.visible(i, j, spec.window);
     let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..nh)
         .into_par_iter()
         .map(|h| {
@@ -254,4 +316,43 @@ pub fn join_tables<F: Float>(heads: usize, a: usize, b: usize, head: &[F], tail:
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueryRows;
+
+    #[test]
+    fn one_segment_is_the_causal_mask() {
+        for window in [None, Some(1), Some(3)] {
+            let rows = QueryRows::causal(5, 4);
+            for i in 0..4 {
+                assert_eq!(rows.position(i), 5 + i);
+                for j in 0..9 {
+                    let want = j <= 5 + i && window.is_none_or(|w| 5 + i - j < w);
+                    assert_eq!(rows.visible(i, j, window), want, "row {i} key {j} window {window:?}");
+                }
+            }
+            assert_eq!(rows.segments().collect::<Vec<_>>(), vec![(0, 4)]);
+        }
+    }
+
+    #[test]
+    fn packed_segments_see_the_cache_and_themselves() {
+        // Cache of 3 positions, then segments of 2, 1 and 3 rows (keys 3-4, 5, 6-8).
+        let rows = QueryRows::packed(3, &[2, 1, 3]);
+        assert_eq!(rows.segments().collect::<Vec<_>>(), vec![(0, 2), (2, 1), (3, 3)]);
+        let positions: Vec<usize> = (0..6).map(|i| rows.position(i)).collect();
+        assert_eq!(positions, vec![3, 4, 3, 3, 4, 5]);
+        let seen = |i: usize, window| (0..9).filter(|&j| rows.visible(i, j, window)).collect::<Vec<_>>();
+        assert_eq!(seen(0, None), vec![0, 1, 2, 3]);
+        assert_eq!(seen(1, None), vec![0, 1, 2, 3, 4]);
+        assert_eq!(seen(2, None), vec![0, 1, 2, 5]);
+        assert_eq!(seen(5, None), vec![0, 1, 2, 6, 7, 8]);
+        // A window counts positions, not cache slots: row 5 sits at position 5.
+        assert_eq!(seen(5, Some(3)), vec![6, 7, 8]);
+        assert_eq!(seen(5, Some(4)), vec![2, 6, 7, 8]);
+        assert_eq!(seen(2, Some(2)), vec![2, 5]);
+        assert!(QueryRows::packed(3, &[]).is_empty());
+    }
 }

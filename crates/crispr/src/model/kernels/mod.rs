@@ -7,6 +7,6 @@ pub mod norm;
 pub mod rope;
 
 pub use activation::{gated, gated_backward, GateAct};
-pub use attention::{attention, attention_backward, softmax_in_place, AttnSpec, AttnTrace};
+pub use attention::{attention, attention_backward, softmax_in_place, AttnSpec, AttnTrace, QueryRows};
 pub use norm::{rms_norm, rms_norm_backward};
 pub use rope::RopeTable;

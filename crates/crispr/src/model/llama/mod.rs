@@ -18,7 +18,8 @@ pub use load::LOADER;
 
 use crate::model::kernels::attention::join_tables;
 use crate::model::kernels::{
-    attention, attention_backward, gated, gated_backward, rms_norm, rms_norm_backward, AttnSpec, AttnTrace, RopeTable,
+    attention, attention_backward, gated, gated_backward, rms_norm, rms_norm_backward, AttnSpec, AttnTrace, QueryRows,
+    RopeTable,
 };
 use crate::model::linear::Weights;
 use crate::model::{Family, LanguageModel, Linear, LlamaConfig, ModuleId, Proj, SiteInfo, Universe};
@@ -234,6 +235,18 @@ impl<F: Float> LlamaModel<F> {
         self.run(tokens, cache, hook, None)
     }
 
+    /// Several continuations of the positions in `cache` in one pass (see [`QueryRows::packed`]):
+    /// each segment sees the cache and itself only, so its outputs are those of its own
+    /// [`Self::forward`] (up to the order of additions). The weights are read once for all of
+    /// them instead of once per continuation. Returns the final-norm output of every segment's
+    /// rows, in order; the cache holds them all afterwards (truncate it back to drop them).
+    pub fn forward_packed(&self, segments: &[&[u32]], cache: &mut KvCache<F>) -> Vec<F> {
+        let tokens: Vec<u32> = segments.concat();
+        let lens: Vec<usize> = segments.iter().map(|s| s.len()).collect();
+        let rows = QueryRows::packed(cache.len, &lens);
+        self.run_rows(&tokens, &rows, cache, None, None).2
+    }
+
     /// Forward over a whole sequence, keeping what the backward pass needs.
     pub fn forward_traced(&self, tokens: &[u32], hook: Option<ForwardHook<'_, F>>) -> Trace<F> {
         let mut cache = self.new_cache();
@@ -317,15 +330,30 @@ impl<F: Float> LlamaModel<F> {
         &self,
         tokens: &[u32],
         cache: &mut KvCache<F>,
+        hook: Option<ForwardHook<'_, F>>,
+        traces: Option<&mut Vec<LayerTrace<F>>>,
+    ) -> (Vec<F>, Vec<F>, Vec<F>) {
+        let rows = QueryRows::causal(cache.len, tokens.len());
+        self.run_rows(tokens, &rows, cache, hook, traces)
+    }
+
+    /// The forward pass of `tokens` placed as `rows` says, after the cache (appended to it).
+    /// Returns the residual stream entering the final norm, its inverse RMS, and the norm's output.
+    fn run_rows(
+        &self,
+        tokens: &[u32],
+        rows: &QueryRows,
+        cache: &mut KvCache<F>,
         mut hook: Option<ForwardHook<'_, F>>,
         mut traces: Option<&mut Vec<LayerTrace<F>>>,
     ) -> (Vec<F>, Vec<F>, Vec<F>) {
+        debug_assert_eq!(rows.len(), tokens.len());
+        debug_assert_eq!(rows.base(), cache.len);
         let n = tokens.len();
         let mut x = self.embed_tokens(tokens);
-        let pos0 = cache.len;
         for (l, layer) in self.layers.iter().enumerate() {
             let (k_cache, v_cache) = &mut cache.layers[l];
-            let t = self.layer_forward(l, layer, &mut x, n, pos0, k_cache, v_cache, &mut hook);
+            let t = self.layer_forward(l, layer, &mut x, rows, k_cache, v_cache, &mut hook);
             if let Some(tr) = traces.as_deref_mut() {
                 tr.push(t);
             }
@@ -341,13 +369,13 @@ impl<F: Float> LlamaModel<F> {
         l: usize,
         layer: &Layer<F>,
         x: &mut [F],
-        n: usize,
-        pos0: usize,
+        rows: &QueryRows,
         k_cache: &mut Vec<F>,
         v_cache: &mut Vec<F>,
         hook: &mut Option<ForwardHook<'_, F>>,
     ) -> LayerTrace<F> {
         let cfg = &self.cfg;
+        let n = rows.len();
         let mut apply = |proj: Proj, y: &mut Vec<F>| {
             if let Some(h) = hook.as_mut() {
                 h(cfg.site_index(l, proj), y);
@@ -378,12 +406,15 @@ impl<F: Float> LlamaModel<F> {
             ((q.clone(), Vec::new()), (k.clone(), Vec::new()))
         };
         let rope = self.rope_of(l);
-        rope.apply(&mut q_rot, n, cfg.num_heads, cfg.head_dim, pos0, false);
-        rope.apply(&mut k_rot, n, cfg.num_kv_heads, cfg.head_dim, pos0, false);
+        for (start, len) in rows.segments() {
+            let pos0 = rows.position(start);
+            rope.apply(&mut q_rot[start * qw..(start + len) * qw], len, cfg.num_heads, cfg.head_dim, pos0, false);
+            rope.apply(&mut k_rot[start * kvw..(start + len) * kvw], len, cfg.num_kv_heads, cfg.head_dim, pos0, false);
+        }
         k_cache.extend_from_slice(&k_rot);
         v_cache.extend_from_slice(&v);
 
-        let (heads_out, attn) = attention(&self.attn_spec(l), &q_rot, k_cache, v_cache, n, pos0);
+        let (heads_out, attn) = attention(&self.attn_spec(l), &q_rot, k_cache, v_cache, rows);
         let mut o = layer.o.forward(&heads_out, n);
         apply(Proj::O, &mut o);
         let inv_post_attn = add_residual(x, &o, &layer.post_attn_norm, cfg.rms_norm_eps);
@@ -588,22 +619,7 @@ impl<F: Float> LanguageModel<F> for LlamaModel<F> {
         let head = self.forward_traced_after(prompt, &mut cache, None);
         let base = cache.len();
         let last = self.logits(&head.hidden, &[prompt.len() - 1]);
-        let logprobs: Vec<f64> = candidates
-            .iter()
-            .map(|cand| {
-                let mut total = crate::model::logits::log_prob_of(&last, cand[0]);
-                if cand.len() > 1 {
-                    let h = self.forward(&cand[..cand.len() - 1], &mut cache, None);
-                    let rows: Vec<usize> = (0..cand.len() - 1).collect();
-                    let logits = self.logits(&h, &rows);
-                    for (i, &t) in cand[1..].iter().enumerate() {
-                        total += crate::model::logits::log_prob_of(&logits[i * vocab..(i + 1) * vocab], t);
-                    }
-                    self.truncate_cache(&mut cache, base);
-                }
-                total
-            })
-            .collect();
+        let logprobs = scoring::score_candidates_after(self, &last, &mut cache, candidates);
         for (k, c) in pick(&logprobs).into_iter().enumerate() {
             let cand = &candidates[c];
             let tail = self.forward_traced_after(cand, &mut cache, None);

@@ -14,7 +14,18 @@ pub fn score<F: Float>(model: &LlamaModel<F>, prompt: &[u32], candidates: &[Vec<
     score_candidates_after(model, &last, &mut cache, candidates)
 }
 
+/// Rows of one packed candidate pass: past this, candidates go into further passes (one long
+/// candidate still gets a pass of its own). Small enough that a pass stays in the few-rows
+/// product, which reads each weight once for all its rows.
+const PACK_ROWS: usize = 16;
+
 /// Candidate log-probabilities given the prompt's last logits and its cache (left as it was).
+///
+/// A candidate's first token is scored from `last`; its later tokens need a pass over its own
+/// earlier tokens. Those passes are packed ([`LlamaModel::forward_packed`]): the candidates of one
+/// prompt run side by side in one pass, each seeing the prompt and itself only, so the weights
+/// stream from memory once per prompt instead of once per candidate (BBQ's three answers of 2–5
+/// tokens each: one pass instead of three).
 pub fn score_candidates_after<F: Float>(
     model: &LlamaModel<F>,
     last: &[F],
@@ -23,22 +34,43 @@ pub fn score_candidates_after<F: Float>(
 ) -> Vec<f64> {
     let vocab = model.cfg.vocab_size;
     let base = cache.len();
-    candidates
-        .iter()
-        .map(|cand| {
-            let mut total = log_prob_of(last, cand[0]);
-            if cand.len() > 1 {
-                let h = model.forward(&cand[..cand.len() - 1], cache, None);
-                let rows: Vec<usize> = (0..cand.len() - 1).collect();
-                let logits = model.logits(&h, &rows);
-                for (i, &t) in cand[1..].iter().enumerate() {
-                    total += log_prob_of(&logits[i * vocab..(i + 1) * vocab], t);
-                }
-                model.truncate_cache(cache, base);
+    let mut totals: Vec<f64> = candidates.iter().map(|cand| log_prob_of(last, cand[0])).collect();
+    // Each candidate with more than one token: its index, and the tokens its pass runs.
+    let tails: Vec<(usize, &[u32])> =
+        candidates.iter().enumerate().filter(|(_, c)| c.len() > 1).map(|(i, c)| (i, &c[..c.len() - 1])).collect();
+    for group in pack(&tails, PACK_ROWS) {
+        let segments: Vec<&[u32]> = group.iter().map(|&(_, t)| t).collect();
+        let hidden = model.forward_packed(&segments, cache);
+        let rows: Vec<usize> = (0..segments.iter().map(|s| s.len()).sum()).collect();
+        let logits = model.logits(&hidden, &rows);
+        let mut row = 0;
+        for &(i, _) in group {
+            for &t in &candidates[i][1..] {
+                totals[i] += log_prob_of(&logits[row * vocab..(row + 1) * vocab], t);
+                row += 1;
             }
-            total
-        })
-        .collect()
+        }
+        model.truncate_cache(cache, base);
+    }
+    totals
+}
+
+/// Consecutive groups of `items` whose token counts add up to at most `max_rows` (an item longer
+/// than that is a group of its own).
+fn pack<'a, T>(items: &'a [(T, &[u32])], max_rows: usize) -> Vec<&'a [(T, &'a [u32])]> {
+    let mut groups = Vec::new();
+    let (mut start, mut rows) = (0, 0);
+    for (i, (_, tokens)) in items.iter().enumerate() {
+        if i > start && rows + tokens.len() > max_rows {
+            groups.push(&items[start..i]);
+            (start, rows) = (i, 0);
+        }
+        rows += tokens.len();
+    }
+    if start < items.len() {
+        groups.push(&items[start..]);
+    }
+    groups
 }
 
 /// Greedy decoding of up to `max_new` tokens; stops after any of `stop` (which is included).
