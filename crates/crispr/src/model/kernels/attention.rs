@@ -3,6 +3,8 @@
 //! layers), a query scale other than 1/√head_dim (Gemma's `query_pre_attn_scalar`) and
 //! soft-capped logits (`cap · tanh(s / cap)`, Gemma 2).
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::tensor::{matmul_serial, Float, Mat, MatMut};
@@ -152,15 +154,22 @@ impl QueryRows {
         })
     }
 
-    /// Whether row `i` sees key `j` (keys `0 .. base` are the cache, `base + r` is new row `r`):
-    /// the cache and its own segment up to itself, within `window` positions.
-    pub fn visible(&self, i: usize, j: usize, window: Option<usize>) -> bool {
+    /// The keys row `i` sees (keys `0 .. base` are the cache, `base + r` is new row `r`): a
+    /// range of the cache and a range of its own segment up to itself, both within `window`
+    /// positions of it.
+    pub fn visible_keys(&self, i: usize, window: Option<usize>) -> (Range<usize>, Range<usize>) {
         let own = self.base + i;
-        if j > own || (j >= self.base && j < self.base + self.first[i]) {
-            return false;
-        }
-        let distance = if j < self.base { self.position(i) - j } else { own - j };
-        window.is_none_or(|w| distance < w)
+        let w = window.unwrap_or(usize::MAX);
+        // Key j is `position(i) − j` positions back in the cache and `own − j` in the segment.
+        let cache = (self.position(i) + 1).saturating_sub(w).min(self.base)..self.base;
+        let segment = (self.base + self.first[i]).max((own + 1).saturating_sub(w))..own + 1;
+        (cache, segment)
+    }
+
+    /// Whether row `i` sees key `j` (see [`Self::visible_keys`]).
+    pub fn visible(&self, i: usize, j: usize, window: Option<usize>) -> bool {
+        let (cache, segment) = self.visible_keys(i, window);
+        cache.contains(&j) || segment.contains(&j)
     }
 }
 
@@ -174,7 +183,9 @@ pub fn attention<F: Float>(spec: &AttnSpec, q: &[F], k: &[F], v: &[F], rows: &Qu
     let kvw = spec.kv_heads * hd;
     let keys = k.len() / kvw;
     let n = rows.len();
-    let visible = |i: usize, j: usize| rows.visible(i, j, spec.window);
+    // Worked out once per row: the mask is asked for every (row, key) of every head.
+    let ranges: Vec<_> = (0..n).map(|i| rows.visible_keys(i, spec.window)).collect();
+    let visible = |i: usize, j: usize| ranges[i].0.contains(&j) || ranges[i].1.contains(&j);
     let per_head: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..nh)
         .into_par_iter()
         .map(|h| {
