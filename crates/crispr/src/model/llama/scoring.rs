@@ -55,9 +55,9 @@ pub fn score_candidates_after<F: Float>(
     totals
 }
 
-/// Consecutive groups of `items` whose token counts add up to at most `max_rows` (an item longer
+/// Consecutive groups of `items` (candidate index, tokens) whose token counts add up to at most `max_rows` (an item longer
 /// than that is a group of its own).
-fn pack<'a, T>(items: &'a [(T, &[u32])], max_rows: usize) -> Vec<&'a [(T, &'a [u32])]> {
+fn pack<'a>(items: &'a [(usize, &'a [u32])], max_rows: usize) -> Vec<&'a [(usize, &'a [u32])]> {
     let mut groups = Vec::new();
     let (mut start, mut rows) = (0, 0);
     for (i, (_, tokens)) in items.iter().enumerate() {
